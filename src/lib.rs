@@ -1,0 +1,21 @@
+//! votefs: a replicated, self-healing file system whose reads vote.
+//!
+//! The crate is split along the seams of DESIGN §3: everything that touches the operating system
+//! (sockets, clocks, threads, randomness, files) goes through [`env::Env`] and [`disk::Disk`], so
+//! the replication, voting and repair code in [`store`], [`server`] and [`quorum`] runs unchanged
+//! under the deterministic simulator (`sim/`) and under tokio with real TCP.
+//!
+//! Only [`env::tokio_env`], [`disk::file_disk`] and the binary's command-line glue talk to the
+//! operating system directly.
+
+pub mod config;
+pub mod disk;
+pub mod env;
+pub mod placement;
+pub mod proto;
+pub mod quorum;
+pub mod record;
+pub mod rng;
+pub mod rpc;
+pub mod server;
+pub mod store;

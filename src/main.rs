@@ -1,0 +1,507 @@
+//! The `votefs` command line (DESIGN §9). Every failure ends with a one-line message on stderr
+//! and a non-zero exit status.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use votefs::config::{load_key_file, write_key_file, ClusterConfig};
+use votefs::disk::FileDisk;
+use votefs::env::tokio_env::os_random_fill;
+use votefs::env::{Env, TokioEnv};
+use votefs::proto::{InjectedFault, Request, Response};
+use votefs::quorum::{ClientOptions, OpenMode, QuorumClient, QuorumError};
+use votefs::record::{display_key, ClusterKey, CLUSTER_KEY_BYTES};
+use votefs::server::{Server, ServerOptions, MAX_LIST_ENTRIES};
+use votefs::store::StoreOptions;
+
+#[derive(Parser)]
+#[command(
+    name = "votefs",
+    version,
+    about = "A replicated, self-healing file system whose reads vote"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one storage server.
+    Server {
+        /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Directory for this server's records (created if missing).
+        #[arg(long)]
+        data: PathBuf,
+        /// The cluster key file (mode 0600).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// Accept `votefs inject` requests (for demos and tests only).
+        #[arg(long)]
+        allow_fault_injection: bool,
+        /// Start a new log segment after this many bytes.
+        #[arg(long, default_value_t = 64 * 1024 * 1024, hide = true)]
+        segment_bytes: u64,
+    },
+    /// Write a new cluster key to FILE (mode 0600).
+    Keygen { file: PathBuf },
+    /// The quorum protocol by hand.
+    Kv {
+        #[command(subcommand)]
+        action: KvAction,
+    },
+    /// One line per server: bank, address, state, latency, records, bytes, cpu, memory.
+    Status {
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What one server holds: keys, versions, sizes, and whether checksums and tags are good.
+    Dump {
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(long)]
+        server: SocketAddr,
+        /// Only this key.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Damage one server's copy of a key (the server must allow fault injection).
+    Inject {
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(long)]
+        server: SocketAddr,
+        fault: FaultArgument,
+        #[arg(long)]
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvAction {
+    /// Store VALUE (or standard input) under KEY.
+    Put {
+        #[arg(long)]
+        cluster: PathBuf,
+        key: String,
+        value: Option<String>,
+    },
+    /// Write KEY's value to standard output; non-zero exit if it is missing or unreadable.
+    Get {
+        #[arg(long)]
+        cluster: PathBuf,
+        key: String,
+    },
+    /// Delete KEY.
+    Delete {
+        #[arg(long)]
+        cluster: PathBuf,
+        key: String,
+    },
+    /// List the keys starting with PREFIX.
+    List {
+        #[arg(long)]
+        cluster: PathBuf,
+        #[arg(default_value = "")]
+        prefix: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FaultArgument {
+    Corrupt,
+    Wipe,
+    Stale,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Server { .. } => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("VOTEFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("votefs: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            let message = format!("{error:#}").replace('\n', " ");
+            eprintln!("votefs: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<ExitCode> {
+    match command {
+        Command::Server {
+            listen,
+            data,
+            key_file,
+            allow_fault_injection,
+            segment_bytes,
+        } => {
+            run_server(
+                listen,
+                &data,
+                &key_file,
+                allow_fault_injection,
+                segment_bytes,
+            )
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen { file } => {
+            let mut bytes = [0u8; CLUSTER_KEY_BYTES];
+            os_random_fill(&mut bytes);
+            write_key_file(&file, &ClusterKey::from_bytes(bytes))
+                .with_context(|| format!("cannot create key file {}", file.display()))?;
+            eprintln!("wrote a new cluster key to {} (mode 0600)", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kv { action } => run_kv(action).await,
+        Command::Status { cluster, json } => status(&cluster, json).await,
+        Command::Dump {
+            cluster,
+            server,
+            key,
+        } => dump(&cluster, server, key).await,
+        Command::Inject {
+            cluster,
+            server,
+            fault,
+            key,
+        } => {
+            let fault = match fault {
+                FaultArgument::Corrupt => InjectedFault::Corrupt,
+                FaultArgument::Wipe => InjectedFault::Wipe,
+                FaultArgument::Stale => InjectedFault::Stale,
+            };
+            let (client, index) = admin_client(&cluster, server)?;
+            let request = Request::Inject {
+                key: key.clone().into_bytes(),
+                fault,
+            };
+            match client.call_server(index, request).await? {
+                Response::Done => {
+                    eprintln!("injected {fault:?} into {server}'s copy of {key}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Response::Refused(why) => bail!("{server} refused: {why}"),
+                other => bail!("{server} answered {other:?}"),
+            }
+        }
+    }
+}
+
+async fn run_server(
+    listen: SocketAddr,
+    data: &Path,
+    key_file: &Path,
+    allow_fault_injection: bool,
+    segment_bytes: u64,
+) -> Result<()> {
+    let key = load_key_file(key_file)?;
+    let disk = FileDisk::open(data)
+        .with_context(|| format!("cannot use data directory {}", data.display()))?;
+    let env = TokioEnv::new();
+    let listener = env.bind(listen).await.with_context(|| {
+        format!("cannot listen on {listen} (is another server using that port?)")
+    })?;
+    let address = env.local_address(&listener)?;
+    let options = ServerOptions {
+        allow_fault_injection,
+        store: StoreOptions { segment_bytes },
+        ..ServerOptions::default()
+    };
+    let (server, report) = Server::open(env.clone(), disk, key, options)
+        .await
+        .context("cannot open the record store")?;
+    tracing::info!(
+        entries = report.entries,
+        segments = report.segments,
+        "recovered the record store"
+    );
+    // Tests and launchers wait for this line instead of sleeping.
+    println!("votefs server listening on {address}");
+    std::io::stdout().flush()?;
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    server.serve(listener, shutdown).await?;
+    Ok(())
+}
+
+fn load_cluster(path: &Path) -> Result<(ClusterConfig, ClusterKey)> {
+    let config = ClusterConfig::load(path)?;
+    let key = config.load_key()?;
+    Ok((config, key))
+}
+
+async fn open_client(path: &Path, mode: OpenMode) -> Result<QuorumClient<TokioEnv>> {
+    let (config, key) = load_cluster(path)?;
+    QuorumClient::open(
+        TokioEnv::new(),
+        config.placement,
+        key,
+        ClientOptions::default(),
+        mode,
+    )
+    .await
+    .map_err(|error| anyhow!(error))
+}
+
+fn admin_client(path: &Path, server: SocketAddr) -> Result<(QuorumClient<TokioEnv>, usize)> {
+    let (config, key) = load_cluster(path)?;
+    let index = (0..config.placement.server_count())
+        .find(|index| config.placement.address(*index) == server)
+        .ok_or_else(|| anyhow!("{server} is not a server of {}", path.display()))?;
+    let client = QuorumClient::for_administration(
+        TokioEnv::new(),
+        config.placement,
+        key,
+        ClientOptions::default(),
+    );
+    Ok((client, index))
+}
+
+fn quorum_failure(error: QuorumError) -> anyhow::Error {
+    match error {
+        QuorumError::Unavailable(_) | QuorumError::Conflict(_) => {
+            anyhow!("input/output error (EIO): {error}")
+        }
+        other => anyhow!(other),
+    }
+}
+
+async fn run_kv(action: KvAction) -> Result<ExitCode> {
+    match action {
+        KvAction::Put {
+            cluster,
+            key,
+            value,
+        } => {
+            let value = match value {
+                Some(value) => value.into_bytes(),
+                None => {
+                    let mut bytes = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut bytes)
+                        .context("reading the value from standard input")?;
+                    bytes
+                }
+            };
+            let client = open_client(&cluster, OpenMode::Writer).await?;
+            let version = client
+                .put(key.as_bytes(), &value)
+                .await
+                .map_err(quorum_failure)?;
+            eprintln!("stored {key} at version {version}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KvAction::Get { cluster, key } => {
+            let client = open_client(&cluster, OpenMode::ReadOnly).await?;
+            match client.get(key.as_bytes()).await.map_err(quorum_failure)? {
+                Some(value) => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(&value)?;
+                    stdout.flush()?;
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("votefs: {key}: not found");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        KvAction::Delete { cluster, key } => {
+            let client = open_client(&cluster, OpenMode::Writer).await?;
+            client
+                .delete(key.as_bytes())
+                .await
+                .map_err(quorum_failure)?;
+            eprintln!("deleted {key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        KvAction::List { cluster, prefix } => {
+            let client = open_client(&cluster, OpenMode::ReadOnly).await?;
+            let keys = client
+                .list(prefix.as_bytes())
+                .await
+                .map_err(quorum_failure)?;
+            let mut stdout = std::io::stdout().lock();
+            for key in keys {
+                writeln!(stdout, "{}", display_key(&key))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn status(path: &Path, json: bool) -> Result<ExitCode> {
+    let (config, key) = load_cluster(path)?;
+    let placement = config.placement.clone();
+    let env = TokioEnv::new();
+    let mut options = ClientOptions::default();
+    options.rpc.request_timeout = Duration::from_secs(2);
+    let client = QuorumClient::for_administration(env.clone(), placement.clone(), key, options);
+    let mut rows = Vec::new();
+    let mut any_down = false;
+    for index in 0..placement.server_count() {
+        let started = env.now();
+        let answer = client.call_server(index, Request::Stats).await;
+        let latency_ms = (env.now() - started).as_secs_f64() * 1000.0;
+        let member = placement.member(index);
+        let address = placement.address(index);
+        match answer {
+            Ok(Response::Stats(stats)) => {
+                let memory_percent = if stats.usage.machine_memory_bytes > 0 {
+                    stats.usage.resident_bytes as f64 * 100.0
+                        / stats.usage.machine_memory_bytes as f64
+                } else {
+                    0.0
+                };
+                let cpu_percent = if stats.uptime_ms > 0 {
+                    stats.usage.cpu_time_ms as f64 * 100.0 / stats.uptime_ms as f64
+                } else {
+                    0.0
+                };
+                rows.push((
+                    format!(
+                        "bank {} server {}  {address:<21}  up    {:<10}  {latency_ms:>7.2} ms  {:>9} records  {:>12} bytes  cpu {cpu_percent:>5.1}%  mem {memory_percent:>5.1}%  {} requests",
+                        member.bank,
+                        member.slot,
+                        if stats.recovering { "recovering" } else { "healthy" },
+                        stats.records,
+                        stats.live_bytes,
+                        stats.requests
+                    ),
+                    format!(
+                        "{{\"bank\":{},\"slot\":{},\"address\":\"{address}\",\"up\":true,\"state\":\"{}\",\"latency_ms\":{latency_ms:.3},\"records\":{},\"tombstones\":{},\"live_bytes\":{},\"log_bytes\":{},\"cpu_percent\":{cpu_percent:.2},\"memory_percent\":{memory_percent:.2},\"requests\":{},\"duplicate_requests\":{},\"rejected_frames\":{},\"promised_epoch\":{}}}",
+                        member.bank,
+                        member.slot,
+                        if stats.recovering { "recovering" } else { "healthy" },
+                        stats.records,
+                        stats.tombstones,
+                        stats.live_bytes,
+                        stats.log_bytes,
+                        stats.requests,
+                        stats.duplicate_requests,
+                        stats.rejected_frames,
+                        stats.promised_epoch
+                    ),
+                ));
+            }
+            other => {
+                any_down = true;
+                let why = match other {
+                    Ok(response) => format!("{response:?}"),
+                    Err(error) => error.to_string(),
+                };
+                rows.push((
+                    format!(
+                        "bank {} server {}  {address:<21}  DOWN  {why}",
+                        member.bank, member.slot
+                    ),
+                    format!(
+                        "{{\"bank\":{},\"slot\":{},\"address\":\"{address}\",\"up\":false,\"error\":{:?}}}",
+                        member.bank, member.slot, why
+                    ),
+                ));
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    if json {
+        let entries: Vec<String> = rows.into_iter().map(|(_, json)| json).collect();
+        writeln!(stdout, "{{\"servers\":[{}]}}", entries.join(","))?;
+    } else {
+        for (line, _) in rows {
+            writeln!(stdout, "{line}")?;
+        }
+    }
+    Ok(if any_down {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn dump(path: &Path, server: SocketAddr, key: Option<String>) -> Result<ExitCode> {
+    let (client, index) = admin_client(path, server)?;
+    let prefix = key.clone().unwrap_or_default().into_bytes();
+    let mut start_after = None;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "key\tversion\tbytes\tchecksum\ttag\tstate")?;
+    loop {
+        let request = Request::Dump {
+            prefix: prefix.clone(),
+            start_after: start_after.clone(),
+            limit: MAX_LIST_ENTRIES,
+        };
+        let (entries, complete) = match client.call_server(index, request).await? {
+            Response::Dump { entries, complete } => (entries, complete),
+            other => bail!("{server} answered {other:?}"),
+        };
+        for entry in &entries {
+            if key
+                .as_ref()
+                .is_some_and(|key| key.as_bytes() != entry.key.as_slice())
+            {
+                continue;
+            }
+            let state = if entry.lost {
+                "lost"
+            } else if entry.tombstone {
+                "deleted"
+            } else {
+                "present"
+            };
+            writeln!(
+                stdout,
+                "{}\t{}\t{}\t{}\t{}\t{state}",
+                display_key(&entry.key),
+                entry.version,
+                entry.value_bytes,
+                if entry.checksum_ok { "ok" } else { "BAD" },
+                if entry.tag_ok { "ok" } else { "BAD" },
+            )?;
+        }
+        match entries.last() {
+            Some(last) if !complete => start_after = Some(last.key.clone()),
+            _ => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,1105 @@
+//! The replicated record client (DESIGN §5): writes to every bank and succeeds on a majority,
+//! reads by vote with end-to-end tag checks, ABD write-back, read-repair, fencing epochs, volume
+//! identity and the heal backlog.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::env::{random_u128, Env};
+use crate::placement::{Placement, ServerIndex};
+use crate::proto::{Identity, ListEntry, Request, RequestId, Response, ServerState, VolumeId};
+use crate::record::{
+    display_key, partition_of, validate_key, ClusterKey, Record, Version, MAX_VALUE_BYTES,
+    PARTITION_SEPARATOR,
+};
+use crate::rpc::{RpcError, RpcOptions, ServerLink};
+use crate::server::MAX_LIST_ENTRIES;
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    pub rpc: RpcOptions,
+    /// Attempts per server for one write (the same request id each time).
+    pub write_attempts: u32,
+    pub retry_delay: Duration,
+    /// How often the background healer drains the backlog of copies that missed writes.
+    pub heal_interval: Duration,
+    /// Entries kept in the heal backlog; beyond it only a scrub pass can find the gaps.
+    pub backlog_capacity: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            rpc: RpcOptions::default(),
+            write_attempts: 3,
+            retry_delay: Duration::from_millis(50),
+            heal_interval: Duration::from_secs(1),
+            backlog_capacity: 1_000_000,
+        }
+    }
+}
+
+/// How a client opens a volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Take a fencing epoch: this client becomes the volume's only writer. Formats a new volume
+    /// when every server is reachable and blank.
+    Writer,
+    /// As `Writer`, but format even if some servers cannot be reached (the operator knows they
+    /// hold nothing).
+    WriterForceFormat,
+    /// Read without fencing anyone: no writes, no write-back, no repair.
+    ReadOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuorumError {
+    /// Not enough banks answered validly: the answer cannot be known (EIO).
+    #[error("not enough copies available: {0}")]
+    Unavailable(String),
+    /// Copies disagree in a way no majority settles (EIO).
+    #[error("conflicting copies: {0}")]
+    Conflict(String),
+    #[error("fenced by a newer mount (epoch {promised_epoch}): this client may no longer write")]
+    Fenced { promised_epoch: u64 },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("this client was opened read-only")]
+    ReadOnly,
+    #[error("{0}")]
+    Volume(String),
+    #[error("{0}")]
+    Rejected(String),
+}
+
+/// Why a copy was repaired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RepairCause {
+    /// Held an older version.
+    Lagging,
+    /// Said it had no copy while a newer one existed.
+    Missing,
+    /// Its copy failed the checksum or the tag.
+    Corrupt,
+    /// Recovering or blank: could not vote.
+    Recovering,
+}
+
+/// Counters of what the client did to keep copies in step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub repairs_lagging: u64,
+    pub repairs_missing: u64,
+    pub repairs_corrupt: u64,
+    pub repairs_recovering: u64,
+    pub write_backs: u64,
+    pub unavailable_reads: u64,
+    pub backlog: u64,
+    pub backlog_dropped: u64,
+    pub healed_from_backlog: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    repairs_lagging: AtomicU64,
+    repairs_missing: AtomicU64,
+    repairs_corrupt: AtomicU64,
+    repairs_recovering: AtomicU64,
+    write_backs: AtomicU64,
+    unavailable_reads: AtomicU64,
+    backlog_dropped: AtomicU64,
+    healed_from_backlog: AtomicU64,
+}
+
+/// One server's answer to a read, judged.
+#[derive(Clone, Debug)]
+enum Answer {
+    /// A copy with a good tag, or authoritative absence.
+    Valid(Option<Record>),
+    Corrupt,
+    Recovering,
+    Blank,
+    Failed(String),
+}
+
+impl Answer {
+    fn describe(&self) -> String {
+        match self {
+            Answer::Valid(Some(record)) => format!("version {}", record.version),
+            Answer::Valid(None) => "not found".into(),
+            Answer::Corrupt => "corrupt copy".into(),
+            Answer::Recovering => "recovering".into(),
+            Answer::Blank => "blank".into(),
+            Answer::Failed(why) => why.clone(),
+        }
+    }
+}
+
+/// How one server took a write.
+#[derive(Clone, Debug)]
+enum WriteOutcome {
+    Acknowledged,
+    Fenced(u64),
+    Conflict,
+    Failed(String),
+}
+
+struct Inner<E: Env> {
+    env: E,
+    cluster_key: ClusterKey,
+    placement: Placement,
+    links: Vec<ServerLink<E>>,
+    options: ClientOptions,
+    volume: VolumeId,
+    /// Zero for a read-only client.
+    epoch: u64,
+    writer: u64,
+    client_id: u64,
+    next_sequence: AtomicU64,
+    next_request: AtomicU64,
+    fenced_at: AtomicU64,
+    fenced: AtomicBool,
+    backlog: StdMutex<BTreeSet<(ServerIndex, Vec<u8>)>>,
+    counters: Counters,
+}
+
+/// A handle to a volume. Cheap to clone; all clones share connections and state.
+pub struct QuorumClient<E: Env> {
+    inner: Arc<Inner<E>>,
+}
+
+impl<E: Env> Clone for QuorumClient<E> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn describe_failures(failures: &[(ServerIndex, String)], placement: &Placement) -> String {
+    failures
+        .iter()
+        .map(|(server, why)| {
+            format!(
+                "{} ({}): {why}",
+                placement.address(*server),
+                placement.member(*server)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Ask `servers` concurrently; gather every answer (each bounded by the request timeout).
+async fn fan_out<E: Env>(
+    inner: &Arc<Inner<E>>,
+    servers: &[ServerIndex],
+    request_for: impl Fn(ServerIndex) -> Request,
+) -> Vec<(ServerIndex, Result<Response, RpcError>)> {
+    let (sender, mut receiver) = mpsc::channel(servers.len().max(1));
+    for server in servers {
+        let inner = inner.clone();
+        let sender = sender.clone();
+        let request = request_for(*server);
+        let server = *server;
+        inner.env.clone().spawn(async move {
+            let request_id = inner.next_request_id();
+            let result = inner.links[server].call(request_id, request).await;
+            let _ = sender.send((server, result)).await;
+        });
+    }
+    drop(sender);
+    let mut answers = Vec::with_capacity(servers.len());
+    while let Some(answer) = receiver.recv().await {
+        answers.push(answer);
+    }
+    answers.sort_by_key(|(server, _)| *server);
+    answers
+}
+
+impl<E: Env> Inner<E> {
+    fn next_request_id(&self) -> RequestId {
+        (u128::from(self.client_id) << 64)
+            | u128::from(self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn add_to_backlog(&self, server: ServerIndex, key: &[u8]) {
+        let mut backlog = self.backlog.lock().expect("backlog lock poisoned");
+        if backlog.len() >= self.options.backlog_capacity {
+            self.counters
+                .backlog_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        backlog.insert((server, key.to_vec()));
+    }
+
+    fn check_writable(&self) -> Result<(), QuorumError> {
+        if self.epoch == 0 {
+            return Err(QuorumError::ReadOnly);
+        }
+        if self.fenced.load(Ordering::Acquire) {
+            return Err(QuorumError::Fenced {
+                promised_epoch: self.fenced_at.load(Ordering::Acquire),
+            });
+        }
+        Ok(())
+    }
+
+    fn mark_fenced(&self, promised_epoch: u64) {
+        self.fenced_at.fetch_max(promised_epoch, Ordering::AcqRel);
+        if !self.fenced.swap(true, Ordering::AcqRel) {
+            tracing::error!(
+                promised_epoch,
+                our_epoch = self.epoch,
+                "a newer mount took over this volume: refusing all further writes"
+            );
+        }
+    }
+
+    /// Write `record` to one server, retrying with the same request id so that the server can
+    /// recognise a duplicate.
+    async fn put_to(
+        &self,
+        server: ServerIndex,
+        request_id: RequestId,
+        record: Record,
+    ) -> WriteOutcome {
+        let mut last_failure = String::new();
+        for attempt in 0..self.options.write_attempts.max(1) {
+            if attempt > 0 {
+                self.env.sleep(self.options.retry_delay * attempt).await;
+            }
+            let request = Request::Put {
+                volume: self.volume,
+                writer_epoch: self.epoch,
+                record: record.clone(),
+            };
+            match self.links[server].call(request_id, request).await {
+                Ok(Response::Stored) | Ok(Response::HaveNewer { .. }) => {
+                    return WriteOutcome::Acknowledged
+                }
+                Ok(Response::Fenced { promised_epoch }) => {
+                    return WriteOutcome::Fenced(promised_epoch)
+                }
+                Ok(Response::Conflict) => return WriteOutcome::Conflict,
+                Ok(Response::Blank) => {
+                    // A server that came back empty: make it a recovering member, then retry.
+                    let join = Request::Join {
+                        volume: self.volume,
+                        member: self.placement.member(server),
+                        epoch: self.epoch,
+                    };
+                    let _ = self.links[server].call(self.next_request_id(), join).await;
+                    last_failure = "blank server".into();
+                }
+                Ok(Response::Refused(message)) => return WriteOutcome::Failed(message),
+                Ok(Response::Failed(message)) => return WriteOutcome::Failed(message),
+                Ok(other) => return WriteOutcome::Failed(format!("unexpected answer {other:?}")),
+                Err(RpcError::Rejected) => {
+                    return WriteOutcome::Failed(RpcError::Rejected.to_string())
+                }
+                Err(error) => last_failure = error.to_string(),
+            }
+        }
+        WriteOutcome::Failed(last_failure)
+    }
+
+    async fn get_from(&self, server: ServerIndex, key: &[u8]) -> Answer {
+        let request = Request::Get {
+            volume: self.volume,
+            key: key.to_vec(),
+        };
+        // One retry for a failed connection: a restarted server is reached by reconnecting.
+        let mut answer = Answer::Failed(String::new());
+        for _attempt in 0..2 {
+            answer = match self.links[server]
+                .call(self.next_request_id(), request.clone())
+                .await
+            {
+                Ok(Response::Found(record)) => {
+                    if record.key == key && record.tag_is_valid(&self.cluster_key) {
+                        Answer::Valid(Some(record))
+                    } else {
+                        Answer::Corrupt
+                    }
+                }
+                Ok(Response::NotFound) => Answer::Valid(None),
+                Ok(Response::Corrupt) => Answer::Corrupt,
+                Ok(Response::Recovering) => Answer::Recovering,
+                Ok(Response::Blank) => Answer::Blank,
+                Ok(other) => Answer::Failed(format!("unexpected answer {other:?}")),
+                Err(RpcError::Unreachable(why)) => {
+                    answer = Answer::Failed(why);
+                    continue;
+                }
+                Err(error) => Answer::Failed(error.to_string()),
+            };
+            break;
+        }
+        answer
+    }
+}
+
+/// Same version and tag: the same write.
+fn same_write(left: &Record, right: &Record) -> bool {
+    left.version == right.version && left.tag == right.tag
+}
+
+/// The vote over the answers gathered so far.
+enum Tally {
+    /// Not enough information yet.
+    Undecided,
+    Decided(Option<Record>),
+    Conflict(String),
+}
+
+fn tally(answers: &[(ServerIndex, Answer)], quorum: usize, all_in: bool) -> Tally {
+    let valid: Vec<&Option<Record>> = answers
+        .iter()
+        .filter_map(|(_, answer)| match answer {
+            Answer::Valid(copy) => Some(copy),
+            _ => None,
+        })
+        .collect();
+    if valid.len() < quorum {
+        return Tally::Undecided;
+    }
+    let top = valid
+        .iter()
+        .filter_map(|copy| copy.as_ref().map(|record| record.version))
+        .max();
+    let Some(top) = top else {
+        return Tally::Decided(None);
+    };
+    // Copies at the top version, grouped by tag.
+    let mut by_tag: BTreeMap<[u8; 32], (usize, &Record)> = BTreeMap::new();
+    for record in valid.iter().filter_map(|copy| copy.as_ref()) {
+        if record.version == top {
+            by_tag.entry(record.tag).or_insert((0, record)).0 += 1;
+        }
+    }
+    if by_tag.len() == 1 {
+        let (_, record) = by_tag.values().next().expect("one entry");
+        return Tally::Decided(Some((*record).clone()));
+    }
+    if !all_in {
+        return Tally::Undecided;
+    }
+    let total: usize = by_tag.values().map(|(count, _)| count).sum();
+    let (count, record) = by_tag
+        .values()
+        .max_by_key(|(count, _)| *count)
+        .expect("non-empty");
+    if count * 2 > total {
+        Tally::Decided(Some((*record).clone()))
+    } else {
+        Tally::Conflict(format!(
+            "{} copies of version {top} with different content",
+            total
+        ))
+    }
+}
+
+impl<E: Env> QuorumClient<E> {
+    /// Connect to the cluster, check (or create) the volume identity and, for a writer, take a
+    /// fencing epoch.
+    pub async fn open(
+        env: E,
+        placement: Placement,
+        cluster_key: ClusterKey,
+        options: ClientOptions,
+        mode: OpenMode,
+    ) -> Result<Self, QuorumError> {
+        let mut inner = Self::for_administration(env, placement, cluster_key, options).inner;
+        let (volume, highest_promised) = Self::settle_identity(&inner, mode).await?;
+        Arc::get_mut(&mut inner)
+            .expect("no other handle yet")
+            .volume = volume;
+        if mode != OpenMode::ReadOnly {
+            let epoch = Self::take_epoch(&inner, highest_promised).await?;
+            Arc::get_mut(&mut inner).expect("no other handle yet").epoch = epoch;
+            tracing::info!(
+                epoch,
+                volume = format!("{volume:032x}"),
+                "opened the volume as its writer"
+            );
+            Self::spawn_healer(&inner);
+        }
+        Ok(Self { inner })
+    }
+
+    /// Find the volume's identity from the servers, formatting or joining blank ones as allowed.
+    async fn settle_identity(
+        inner: &Arc<Inner<E>>,
+        mode: OpenMode,
+    ) -> Result<(VolumeId, u64), QuorumError> {
+        let placement = &inner.placement;
+        let all: Vec<ServerIndex> = (0..placement.server_count()).collect();
+        let answers = fan_out(inner, &all, |_| Request::Identify).await;
+        let mut volumes = BTreeSet::new();
+        let mut blank = Vec::new();
+        let mut unreachable = Vec::new();
+        let mut highest_promised = 0;
+        for (server, answer) in &answers {
+            match answer {
+                Ok(Response::Identity(Identity {
+                    state,
+                    promised_epoch,
+                })) => {
+                    highest_promised = highest_promised.max(*promised_epoch);
+                    match state {
+                        ServerState::Blank => blank.push(*server),
+                        ServerState::Member { volume, member, .. } => {
+                            if *member != placement.member(*server) {
+                                return Err(QuorumError::Volume(format!(
+                                    "server {} says it is {member} but cluster.toml places it as {}: fix the order of servers in cluster.toml",
+                                    placement.address(*server),
+                                    placement.member(*server)
+                                )));
+                            }
+                            volumes.insert(*volume);
+                        }
+                    }
+                }
+                Ok(other) => unreachable.push((*server, format!("unexpected answer {other:?}"))),
+                Err(RpcError::Rejected) => return Err(QuorumError::Rejected(format!(
+                    "server {} refused our frames: check that key_file holds this cluster's key",
+                    placement.address(*server)
+                ))),
+                Err(error) => unreachable.push((*server, error.to_string())),
+            }
+        }
+        if volumes.len() > 1 {
+            return Err(QuorumError::Volume(format!(
+                "the servers belong to {} different volumes: cluster.toml mixes clusters",
+                volumes.len()
+            )));
+        }
+        let volume = match volumes.into_iter().next() {
+            Some(volume) => volume,
+            None => {
+                if mode == OpenMode::ReadOnly {
+                    return Err(QuorumError::Volume(
+                        "the volume is not formatted yet".into(),
+                    ));
+                }
+                if !unreachable.is_empty() && mode != OpenMode::WriterForceFormat {
+                    return Err(QuorumError::Volume(format!(
+                        "every reachable server is blank but some cannot be reached, and they may hold the volume; \
+                         refusing to format (start them, or force formatting if they are really empty): {}",
+                        describe_failures(&unreachable, placement)
+                    )));
+                }
+                let volume = random_u128(&inner.env);
+                let formatted = fan_out(inner, &blank, |server| Request::Format {
+                    volume,
+                    member: placement.member(server),
+                })
+                .await;
+                for (server, answer) in formatted {
+                    if !matches!(answer, Ok(Response::Done)) {
+                        return Err(QuorumError::Volume(format!(
+                            "formatting {} failed: {answer:?}",
+                            placement.address(server)
+                        )));
+                    }
+                }
+                tracing::info!(volume = format!("{volume:032x}"), "formatted a new volume");
+                return Ok((volume, highest_promised));
+            }
+        };
+        if !blank.is_empty() && mode != OpenMode::ReadOnly {
+            let joined = fan_out(inner, &blank, |server| Request::Join {
+                volume,
+                member: placement.member(server),
+                epoch: highest_promised,
+            })
+            .await;
+            for (server, answer) in joined {
+                tracing::warn!(
+                    server = %placement.address(server),
+                    ?answer,
+                    "a blank server joined the volume as recovering"
+                );
+            }
+        }
+        Ok((volume, highest_promised))
+    }
+
+    /// Take a new epoch: every server of a majority of banks must promise it, so that any
+    /// write quorum of an older writer meets at least one server that refuses it.
+    async fn take_epoch(inner: &Arc<Inner<E>>, highest_seen: u64) -> Result<u64, QuorumError> {
+        let placement = &inner.placement;
+        let all: Vec<ServerIndex> = (0..placement.server_count()).collect();
+        let mut highest = highest_seen;
+        // Bounded: each refused round raises `highest` past a competitor's epoch.
+        for _round in 0..16 {
+            let epoch = highest + 1;
+            let answers = fan_out(inner, &all, |_| Request::GrantEpoch {
+                volume: inner.volume,
+                epoch,
+                writer: inner.writer,
+            })
+            .await;
+            let mut granted = vec![true; placement.bank_count()];
+            let mut refused = false;
+            let mut failures = Vec::new();
+            for (server, answer) in &answers {
+                let bank = placement.member(*server).bank as usize;
+                match answer {
+                    Ok(Response::EpochGranted) => {}
+                    Ok(Response::EpochRefused { promised_epoch }) => {
+                        highest = highest.max(*promised_epoch);
+                        refused = true;
+                        granted[bank] = false;
+                    }
+                    other => {
+                        granted[bank] = false;
+                        failures.push((*server, format!("{other:?}")));
+                    }
+                }
+            }
+            let full_banks = granted.iter().filter(|granted| **granted).count();
+            if full_banks >= placement.quorum() {
+                return Ok(epoch);
+            }
+            if !refused {
+                return Err(QuorumError::Unavailable(format!(
+                    "cannot take a fencing epoch: every server of a majority of banks must answer; {}",
+                    describe_failures(&failures, placement)
+                )));
+            }
+        }
+        Err(QuorumError::Unavailable(
+            "cannot take a fencing epoch: other writers keep taking newer ones".into(),
+        ))
+    }
+
+    fn spawn_healer(inner: &Arc<Inner<E>>) {
+        let weak: Weak<Inner<E>> = Arc::downgrade(inner);
+        let env = inner.env.clone();
+        let interval = inner.options.heal_interval;
+        env.clone().spawn(async move {
+            loop {
+                env.sleep(interval).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.fenced.load(Ordering::Acquire) {
+                    return;
+                }
+                let client = QuorumClient { inner };
+                client.heal_backlog(256).await;
+            }
+        });
+    }
+
+    /// Repair up to `limit` copies from the heal backlog. Returns how many were repaired.
+    pub async fn heal_backlog(&self, limit: usize) -> usize {
+        let batch: Vec<(ServerIndex, Vec<u8>)> = {
+            let mut backlog = self.inner.backlog.lock().expect("backlog lock poisoned");
+            let batch: Vec<_> = backlog.iter().take(limit).cloned().collect();
+            for entry in &batch {
+                backlog.remove(entry);
+            }
+            batch
+        };
+        let mut servers_down = BTreeSet::new();
+        let mut healed = 0;
+        for (server, key) in batch {
+            if servers_down.contains(&server) {
+                self.inner.add_to_backlog(server, &key);
+                continue;
+            }
+            match self.read_record_from(&key, true).await {
+                Ok(_) => {
+                    healed += 1;
+                }
+                Err(_) => {
+                    servers_down.insert(server);
+                    self.inner.add_to_backlog(server, &key);
+                }
+            }
+        }
+        self.inner
+            .counters
+            .healed_from_backlog
+            .fetch_add(healed as u64, Ordering::Relaxed);
+        healed
+    }
+
+    /// A client for administration only (stats, dump, inject): no identity checks, no writes.
+    pub fn for_administration(
+        env: E,
+        placement: Placement,
+        cluster_key: ClusterKey,
+        options: ClientOptions,
+    ) -> Self {
+        let links = (0..placement.server_count())
+            .map(|server| {
+                ServerLink::new(
+                    env.clone(),
+                    placement.address(server),
+                    cluster_key.clone(),
+                    options.rpc.clone(),
+                )
+            })
+            .collect();
+        let client_id = env.random_u64() | 1;
+        Self {
+            inner: Arc::new(Inner {
+                env,
+                cluster_key,
+                placement,
+                links,
+                options,
+                volume: 0,
+                epoch: 0,
+                writer: client_id,
+                client_id,
+                next_sequence: AtomicU64::new(1),
+                next_request: AtomicU64::new(0),
+                fenced_at: AtomicU64::new(0),
+                fenced: AtomicBool::new(false),
+                backlog: StdMutex::new(BTreeSet::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    pub fn volume(&self) -> VolumeId {
+        self.inner.volume
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    pub fn placement(&self) -> &Placement {
+        &self.inner.placement
+    }
+
+    pub fn cluster_key(&self) -> &ClusterKey {
+        &self.inner.cluster_key
+    }
+
+    pub fn stats(&self) -> ClientStats {
+        let counters = &self.inner.counters;
+        ClientStats {
+            repairs_lagging: counters.repairs_lagging.load(Ordering::Relaxed),
+            repairs_missing: counters.repairs_missing.load(Ordering::Relaxed),
+            repairs_corrupt: counters.repairs_corrupt.load(Ordering::Relaxed),
+            repairs_recovering: counters.repairs_recovering.load(Ordering::Relaxed),
+            write_backs: counters.write_backs.load(Ordering::Relaxed),
+            unavailable_reads: counters.unavailable_reads.load(Ordering::Relaxed),
+            backlog: self
+                .inner
+                .backlog
+                .lock()
+                .expect("backlog lock poisoned")
+                .len() as u64,
+            backlog_dropped: counters.backlog_dropped.load(Ordering::Relaxed),
+            healed_from_backlog: counters.healed_from_backlog.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Send one request to one server (for administration: stats, dump, inject).
+    pub async fn call_server(
+        &self,
+        server: ServerIndex,
+        request: Request,
+    ) -> Result<Response, RpcError> {
+        let request_id = self.inner.next_request_id();
+        self.inner.links[server].call(request_id, request).await
+    }
+
+    fn next_version(&self) -> Version {
+        Version {
+            epoch: self.inner.epoch,
+            sequence: self.inner.next_sequence.fetch_add(1, Ordering::Relaxed),
+            writer: self.inner.writer,
+        }
+    }
+
+    /// Store `value` under `key` on a majority of banks.
+    pub async fn put(&self, key: &[u8], value: &[u8]) -> Result<Version, QuorumError> {
+        self.write(key, false, value).await
+    }
+
+    /// Delete `key` (a tombstone, so that the deletion wins the vote like any newer write).
+    pub async fn delete(&self, key: &[u8]) -> Result<Version, QuorumError> {
+        self.write(key, true, &[]).await
+    }
+
+    async fn write(
+        &self,
+        key: &[u8],
+        tombstone: bool,
+        value: &[u8],
+    ) -> Result<Version, QuorumError> {
+        validate_key(key).map_err(QuorumError::Invalid)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(QuorumError::Invalid(format!(
+                "a value is at most {MAX_VALUE_BYTES} bytes, this one has {}",
+                value.len()
+            )));
+        }
+        self.inner.check_writable()?;
+        let version = self.next_version();
+        let record = Record::new(
+            &self.inner.cluster_key,
+            key.to_vec(),
+            version,
+            tombstone,
+            value.to_vec(),
+        );
+        let owners = self.inner.placement.owners(key);
+        self.write_to(record, &owners, self.inner.placement.quorum())
+            .await?;
+        Ok(version)
+    }
+
+    /// Send `record` to `servers` concurrently; succeed once `needed` acknowledged. Servers that
+    /// do not acknowledge go to the heal backlog; stragglers finish in the background.
+    async fn write_to(
+        &self,
+        record: Record,
+        servers: &[ServerIndex],
+        needed: usize,
+    ) -> Result<(), QuorumError> {
+        let (sender, mut receiver) = mpsc::channel(servers.len().max(1));
+        let request_id = self.inner.next_request_id();
+        for server in servers {
+            let inner = self.inner.clone();
+            let sender = sender.clone();
+            let record = record.clone();
+            let server = *server;
+            self.inner.env.spawn(async move {
+                let key = record.key.clone();
+                let outcome = inner.put_to(server, request_id, record).await;
+                match &outcome {
+                    WriteOutcome::Acknowledged => {}
+                    WriteOutcome::Fenced(promised) => inner.mark_fenced(*promised),
+                    _ => inner.add_to_backlog(server, &key),
+                }
+                let _ = sender.send((server, outcome)).await;
+            });
+        }
+        drop(sender);
+        let mut acknowledged = 0;
+        let mut failures = Vec::new();
+        let mut remaining = servers.len();
+        while let Some((server, outcome)) = receiver.recv().await {
+            remaining -= 1;
+            match outcome {
+                WriteOutcome::Acknowledged => acknowledged += 1,
+                WriteOutcome::Fenced(promised_epoch) => {
+                    return Err(QuorumError::Fenced { promised_epoch })
+                }
+                WriteOutcome::Conflict => failures.push((server, "conflicting copy".to_string())),
+                WriteOutcome::Failed(why) => failures.push((server, why)),
+            }
+            if acknowledged >= needed {
+                return Ok(());
+            }
+            if acknowledged + remaining < needed {
+                break;
+            }
+        }
+        Err(QuorumError::Unavailable(format!(
+            "write of {} reached {acknowledged} of the {needed} copies it needs: {}",
+            display_key(&record.key),
+            describe_failures(&failures, &self.inner.placement)
+        )))
+    }
+
+    /// The value of `key`, or `None` if it does not exist (or was deleted).
+    pub async fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, QuorumError> {
+        Ok(self
+            .read_record(key)
+            .await?
+            .filter(|record| !record.tombstone)
+            .map(|record| record.value))
+    }
+
+    /// The winning record of `key` (tombstones included), after write-back.
+    pub async fn read_record(&self, key: &[u8]) -> Result<Option<Record>, QuorumError> {
+        validate_key(key).map_err(QuorumError::Invalid)?;
+        self.read_record_from(key, false).await
+    }
+
+    /// Vote over the owners' copies of `key`. With `wait_for_all`, every owner's answer is awaited
+    /// (the healer uses it, so that every lagging copy is repaired in one go).
+    async fn read_record_from(
+        &self,
+        key: &[u8],
+        wait_for_all: bool,
+    ) -> Result<Option<Record>, QuorumError> {
+        let inner = &self.inner;
+        let owners = inner.placement.owners(key);
+        let quorum = inner.placement.quorum();
+        let (sender, mut receiver) = mpsc::channel(owners.len());
+        for owner in &owners {
+            let inner = inner.clone();
+            let sender = sender.clone();
+            let owner = *owner;
+            let key = key.to_vec();
+            self.inner.env.spawn(async move {
+                let answer = inner.get_from(owner, &key).await;
+                let _ = sender.send((owner, answer)).await;
+            });
+        }
+        drop(sender);
+        let mut answers: Vec<(ServerIndex, Answer)> = Vec::with_capacity(owners.len());
+        let mut decision = Tally::Undecided;
+        while let Some(answer) = receiver.recv().await {
+            answers.push(answer);
+            let all_in = answers.len() == owners.len();
+            if wait_for_all && !all_in {
+                continue;
+            }
+            decision = tally(&answers, quorum, all_in);
+            if !matches!(decision, Tally::Undecided) {
+                break;
+            }
+        }
+        let winner = match decision {
+            Tally::Decided(winner) => winner,
+            Tally::Conflict(why) => {
+                inner
+                    .counters
+                    .unavailable_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(QuorumError::Conflict(format!(
+                    "{}: {why}",
+                    display_key(key)
+                )));
+            }
+            Tally::Undecided => {
+                inner
+                    .counters
+                    .unavailable_reads
+                    .fetch_add(1, Ordering::Relaxed);
+                let failures: Vec<(ServerIndex, String)> = answers
+                    .iter()
+                    .map(|(server, answer)| (*server, answer.describe()))
+                    .collect();
+                return Err(QuorumError::Unavailable(format!(
+                    "read of {} got fewer than {quorum} valid copies: {}",
+                    display_key(key),
+                    describe_failures(&failures, &inner.placement)
+                )));
+            }
+        };
+        let holds_winner = |answer: &Answer| match (answer, &winner) {
+            (Answer::Valid(Some(copy)), Some(record)) => same_write(copy, record),
+            (Answer::Valid(None), None) => true,
+            _ => false,
+        };
+        let Some(record) = winner.clone() else {
+            // Absent on a quorum: nothing to write back. Copies that were corrupt stay for the
+            // scrubber, which can tell an interrupted write from rot.
+            return Ok(None);
+        };
+        if inner.epoch == 0 {
+            return Ok(winner);
+        }
+        let mut holders = answers
+            .iter()
+            .filter(|(_, answer)| holds_winner(answer))
+            .count();
+        if holders < quorum {
+            // ABD write-back: the winner must be on a quorum before anyone is told about it, or a
+            // later read could miss it and go back in time.
+            while let Some(answer) = receiver.recv().await {
+                if holds_winner(&answer.1) {
+                    holders += 1;
+                }
+                answers.push(answer);
+            }
+            let needing: Vec<ServerIndex> = answers
+                .iter()
+                .filter(|(_, answer)| !holds_winner(answer))
+                .map(|(server, _)| *server)
+                .collect();
+            if holders < quorum {
+                inner.counters.write_backs.fetch_add(1, Ordering::Relaxed);
+                self.count_repairs(&answers, &record);
+                self.write_to(record.clone(), &needing, quorum - holders)
+                    .await
+                    .map_err(|error| match error {
+                        QuorumError::Unavailable(why) => {
+                            QuorumError::Unavailable(format!("write-back failed: {why}"))
+                        }
+                        other => other,
+                    })?;
+                return Ok(winner);
+            }
+        }
+        // Read-repair in the background: every copy that answered without the winner, and every
+        // answer still on its way.
+        let client = self.clone();
+        self.inner.env.spawn(async move {
+            while let Some(answer) = receiver.recv().await {
+                answers.push(answer);
+            }
+            client.count_repairs(&answers, &record);
+            let lagging: Vec<ServerIndex> = answers
+                .iter()
+                .filter(|(_, answer)| !holds_winner_owned(answer, &record))
+                .map(|(server, _)| *server)
+                .collect();
+            if !lagging.is_empty() {
+                let _ = client.write_to(record, &lagging, lagging.len()).await;
+            }
+        });
+        Ok(winner)
+    }
+
+    fn count_repairs(&self, answers: &[(ServerIndex, Answer)], winner: &Record) {
+        let counters = &self.inner.counters;
+        for (_, answer) in answers {
+            let counter = match answer {
+                Answer::Valid(Some(copy)) if same_write(copy, winner) => continue,
+                Answer::Valid(Some(_)) => &counters.repairs_lagging,
+                Answer::Valid(None) => &counters.repairs_missing,
+                Answer::Corrupt => &counters.repairs_corrupt,
+                Answer::Recovering | Answer::Blank => &counters.repairs_recovering,
+                Answer::Failed(_) => continue,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Keys under `prefix` that exist (tombstones excluded), in key order. A prefix containing
+    /// `#` lists one partition (one owner per bank); any other prefix asks every server.
+    pub async fn list(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, QuorumError> {
+        let inner = &self.inner;
+        let placement = &inner.placement;
+        let servers: Vec<ServerIndex> = if prefix.contains(&PARTITION_SEPARATOR) {
+            placement.partition_owners(partition_of(prefix))
+        } else {
+            (0..placement.server_count()).collect()
+        };
+        let (sender, mut receiver) = mpsc::channel(servers.len());
+        for server in &servers {
+            let client = self.clone();
+            let sender = sender.clone();
+            let server = *server;
+            let prefix = prefix.to_vec();
+            inner.env.spawn(async move {
+                let listing = client.list_server(server, &prefix).await;
+                let _ = sender.send((server, listing)).await;
+            });
+        }
+        drop(sender);
+        // Per bank: the merged listing, or None when some server of the bank could not vouch.
+        let mut banks: BTreeMap<usize, Option<BTreeMap<Vec<u8>, ListEntry>>> = BTreeMap::new();
+        let mut failures = Vec::new();
+        while let Some((server, listing)) = receiver.recv().await {
+            let bank = placement.member(server).bank as usize;
+            let merged = banks.entry(bank).or_insert_with(|| Some(BTreeMap::new()));
+            match (listing, merged.as_mut()) {
+                (Ok(entries), Some(merged)) => {
+                    for entry in entries {
+                        match merged.get(&entry.key) {
+                            Some(existing) if existing.version >= entry.version => {}
+                            _ => {
+                                merged.insert(entry.key.clone(), entry);
+                            }
+                        }
+                    }
+                }
+                (Ok(_), None) => {}
+                (Err(why), _) => {
+                    failures.push((server, why));
+                    *merged = None;
+                }
+            }
+        }
+        let authoritative: Vec<&BTreeMap<Vec<u8>, ListEntry>> =
+            banks.values().filter_map(|bank| bank.as_ref()).collect();
+        if authoritative.len() < placement.quorum() {
+            return Err(QuorumError::Unavailable(format!(
+                "listing needs {} banks that can vouch for their contents, {} can: {}",
+                placement.quorum(),
+                authoritative.len(),
+                describe_failures(&failures, placement)
+            )));
+        }
+        let all_keys: BTreeSet<&Vec<u8>> =
+            authoritative.iter().flat_map(|bank| bank.keys()).collect();
+        let mut keys = Vec::new();
+        for key in all_keys {
+            let copies: Vec<Option<&ListEntry>> =
+                authoritative.iter().map(|bank| bank.get(key)).collect();
+            let top = copies
+                .iter()
+                .flatten()
+                .max_by_key(|entry| entry.version)
+                .expect("the key came from some bank");
+            let holders = copies
+                .iter()
+                .flatten()
+                .filter(|entry| entry.version == top.version && entry.tag == top.tag)
+                .count();
+            let exists = if holders >= placement.quorum() {
+                !top.tombstone
+            } else {
+                // Not settled on a quorum: let a full read decide (and write back).
+                self.read_record(key)
+                    .await?
+                    .is_some_and(|record| !record.tombstone)
+            };
+            if exists {
+                keys.push(key.clone());
+            }
+        }
+        Ok(keys)
+    }
+
+    async fn list_server(
+        &self,
+        server: ServerIndex,
+        prefix: &[u8],
+    ) -> Result<Vec<ListEntry>, String> {
+        let mut entries = Vec::new();
+        let mut start_after: Option<Vec<u8>> = None;
+        // Bounded by the number of keys on the server: every page advances start_after.
+        loop {
+            let request = Request::List {
+                volume: self.inner.volume,
+                prefix: prefix.to_vec(),
+                start_after: start_after.clone(),
+                limit: MAX_LIST_ENTRIES,
+            };
+            match self.call_server(server, request).await {
+                Ok(Response::Listing {
+                    entries: page,
+                    complete,
+                }) => {
+                    if let Some(last) = page.last() {
+                        if start_after.as_ref().is_some_and(|after| &last.key <= after) {
+                            return Err("listing did not advance".into());
+                        }
+                        start_after = Some(last.key.clone());
+                    }
+                    let empty = page.is_empty();
+                    entries.extend(page);
+                    if complete || empty {
+                        return Ok(entries);
+                    }
+                }
+                Ok(other) => return Err(format!("{other:?}")),
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+}
+
+fn holds_winner_owned(answer: &Answer, winner: &Record) -> bool {
+    matches!(answer, Answer::Valid(Some(copy)) if same_write(copy, winner))
+}

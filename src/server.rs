@@ -1,0 +1,592 @@
+//! A storage server: request handling (DESIGN §5 answer rules, volume identity, fencing epochs,
+//! duplicate detection) and the serve loop over the [`Env`] network.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::disk::Disk;
+use crate::env::{random_u128, timeout, Env};
+use crate::proto::{
+    decode_hello, encode_hello, encode_rejection, push_frame, read_frame, write_frame, Direction,
+    FrameCodec, FrameError, Identity, Request, RequestId, Response, ServerState, ServerStats,
+    VolumeId,
+};
+use crate::record::ClusterKey;
+use crate::store::{GetOutcome, Meta, PutOutcome, RecoveryReport, Store, StoreError, StoreOptions};
+
+/// The most entries a list or dump answer carries; clients page through larger ranges.
+pub const MAX_LIST_ENTRIES: u32 = 4096;
+
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub allow_fault_injection: bool,
+    pub store: StoreOptions,
+    /// Requests of one connection handled at once; the next is not read until one finishes.
+    pub max_in_flight_per_connection: usize,
+    pub max_connections: usize,
+    /// A connection that sends no complete frame for this long is dropped.
+    pub idle_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Remembered request ids for duplicate detection.
+    pub duplicate_window: usize,
+    /// How often the server looks for a segment to compact.
+    pub maintenance_interval: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            allow_fault_injection: false,
+            store: StoreOptions::default(),
+            max_in_flight_per_connection: 128,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            handshake_timeout: Duration::from_secs(10),
+            duplicate_window: 65_536,
+            maintenance_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen: {0}")]
+    Listen(std::io::Error),
+}
+
+/// Answers of recent mutating requests, so that a retry is answered rather than applied twice.
+struct DuplicateWindow {
+    answers: BTreeMap<RequestId, Response>,
+    order: VecDeque<RequestId>,
+    capacity: usize,
+}
+
+impl DuplicateWindow {
+    fn remember(&mut self, request_id: RequestId, response: Response) {
+        if self.answers.insert(request_id, response).is_none() {
+            self.order.push_back(request_id);
+        }
+        while self.order.len() > self.capacity {
+            let oldest = self.order.pop_front().expect("non-empty");
+            self.answers.remove(&oldest);
+        }
+        assert_eq!(self.answers.len(), self.order.len());
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    duplicate_requests: AtomicU64,
+    rejected_frames: AtomicU64,
+    connections: AtomicUsize,
+}
+
+pub struct Server<E: Env, D: Disk> {
+    env: E,
+    cluster_key: ClusterKey,
+    store: Store<D>,
+    options: ServerOptions,
+    duplicates: StdMutex<DuplicateWindow>,
+    counters: Counters,
+    started_at: Duration,
+    fatal: Notify,
+}
+
+enum Outgoing {
+    Answer(RequestId, Response),
+    Reject,
+}
+
+impl<E: Env, D: Disk> Server<E, D> {
+    /// Recover the store on `disk` and get ready to serve.
+    pub async fn open(
+        env: E,
+        disk: D,
+        cluster_key: ClusterKey,
+        options: ServerOptions,
+    ) -> Result<(Arc<Self>, RecoveryReport), ServerError> {
+        let (store, report) = Store::open(disk, options.store).await?;
+        if report.torn_tail_bytes > 0 {
+            tracing::warn!(bytes = report.torn_tail_bytes, "truncated a torn log tail");
+        }
+        if report.damaged_regions > 0 {
+            tracing::error!(
+                regions = report.damaged_regions,
+                "log damage found: this server may have lost data and recovers until a scrub pass refills it"
+            );
+        }
+        let duplicate_window = options.duplicate_window;
+        let server = Arc::new(Self {
+            started_at: env.now(),
+            env,
+            cluster_key,
+            store,
+            options,
+            duplicates: StdMutex::new(DuplicateWindow {
+                answers: BTreeMap::new(),
+                order: VecDeque::new(),
+                capacity: duplicate_window,
+            }),
+            counters: Counters::default(),
+            fatal: Notify::new(),
+        });
+        Ok((server, report))
+    }
+
+    pub fn store(&self) -> &Store<D> {
+        &self.store
+    }
+
+    fn fail(&self, error: StoreError) -> Response {
+        if let StoreError::Fatal(_) = error {
+            tracing::error!(%error, "stopping: the store can no longer guarantee durability");
+            self.fatal.notify_one();
+        }
+        Response::Failed(error.to_string())
+    }
+
+    /// Check that a request addressed to `volume` may be served; `Err` carries the answer.
+    fn check_member(meta: &Meta, volume: VolumeId) -> Result<(), Response> {
+        match meta.volume {
+            None => Err(Response::Blank),
+            Some(ours) if ours != volume => Err(Response::Refused(format!(
+                "this server belongs to volume {ours:032x}, not {volume:032x}"
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Answer one request. Used by the serve loop, the simulator and the fuzzers alike.
+    pub async fn handle(&self, request_id: RequestId, request: Request) -> Response {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let mutating = request.is_mutating();
+        if mutating {
+            let duplicates = self
+                .duplicates
+                .lock()
+                .expect("duplicate window lock poisoned");
+            if let Some(answer) = duplicates.answers.get(&request_id) {
+                self.counters
+                    .duplicate_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                return answer.clone();
+            }
+        }
+        let response = self.handle_fresh(request).await;
+        if mutating && !matches!(response, Response::Failed(_)) {
+            self.duplicates
+                .lock()
+                .expect("duplicate window lock poisoned")
+                .remember(request_id, response.clone());
+        }
+        response
+    }
+
+    async fn handle_fresh(&self, request: Request) -> Response {
+        let meta = self.store.meta().await;
+        match request {
+            Request::Identify => Response::Identity(Identity {
+                state: match (meta.volume, meta.member) {
+                    (Some(volume), Some(member)) => ServerState::Member {
+                        volume,
+                        member,
+                        recovering: meta.recovering,
+                    },
+                    _ => ServerState::Blank,
+                },
+                promised_epoch: meta.promised_epoch,
+            }),
+            Request::Format { volume, member } => {
+                if meta.volume == Some(volume) && meta.member == Some(member) {
+                    return Response::Done;
+                }
+                if meta.volume.is_some() {
+                    return Response::Refused("this server already belongs to a volume".into());
+                }
+                let stats = self.store.stats().await;
+                if stats.records + stats.tombstones > 0 {
+                    return Response::Refused(
+                        "this data directory holds records but no volume identity; empty it or join it to its volume"
+                            .into(),
+                    );
+                }
+                match self
+                    .store
+                    .update_meta(|meta| {
+                        meta.volume = Some(volume);
+                        meta.member = Some(member);
+                        meta.recovering = false;
+                        true
+                    })
+                    .await
+                {
+                    Ok(_) => Response::Done,
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::Join {
+                volume,
+                member,
+                epoch,
+            } => {
+                if meta.volume == Some(volume) && meta.member == Some(member) {
+                    return Response::Done;
+                }
+                if meta.volume.is_some() {
+                    return Response::Refused("this server already belongs to a volume".into());
+                }
+                match self
+                    .store
+                    .update_meta(|meta| {
+                        meta.volume = Some(volume);
+                        meta.member = Some(member);
+                        meta.recovering = true;
+                        meta.promised_epoch = meta.promised_epoch.max(epoch);
+                        true
+                    })
+                    .await
+                {
+                    Ok(_) => Response::Done,
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::GrantEpoch {
+                volume,
+                epoch,
+                writer,
+            } => {
+                if let Err(answer) = Self::check_member(&meta, volume) {
+                    return answer;
+                }
+                let mut granted = false;
+                let result = self
+                    .store
+                    .update_meta(|meta| {
+                        if epoch > meta.promised_epoch {
+                            meta.promised_epoch = epoch;
+                            meta.promised_writer = writer;
+                            granted = true;
+                            true
+                        } else {
+                            granted =
+                                epoch == meta.promised_epoch && writer == meta.promised_writer;
+                            false
+                        }
+                    })
+                    .await;
+                match result {
+                    Ok(meta) if granted => {
+                        tracing::info!(epoch = meta.promised_epoch, "granted a new epoch");
+                        Response::EpochGranted
+                    }
+                    Ok(meta) => Response::EpochRefused {
+                        promised_epoch: meta.promised_epoch,
+                    },
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::Get { volume, key } => {
+                if let Err(answer) = Self::check_member(&meta, volume) {
+                    return answer;
+                }
+                if meta.recovering {
+                    return Response::Recovering;
+                }
+                match self.store.get(&key).await {
+                    Ok(GetOutcome::Found(record)) => Response::Found(record),
+                    Ok(GetOutcome::NotFound) => Response::NotFound,
+                    Ok(GetOutcome::Corrupt) => Response::Corrupt,
+                    Ok(GetOutcome::Lost) => Response::Recovering,
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::Put {
+                volume,
+                writer_epoch,
+                record,
+            } => {
+                if let Err(answer) = Self::check_member(&meta, volume) {
+                    return answer;
+                }
+                if writer_epoch < meta.promised_epoch {
+                    return Response::Fenced {
+                        promised_epoch: meta.promised_epoch,
+                    };
+                }
+                if !record.tag_is_valid(&self.cluster_key) {
+                    return Response::Refused(
+                        "the record's tag does not verify under this cluster's key".into(),
+                    );
+                }
+                if writer_epoch > meta.promised_epoch {
+                    // A writer whose epoch we missed: learn it, so older ones are fenced here too.
+                    let writer = record.version.writer;
+                    if let Err(error) = self
+                        .store
+                        .update_meta(|meta| {
+                            if writer_epoch > meta.promised_epoch {
+                                meta.promised_epoch = writer_epoch;
+                                meta.promised_writer = writer;
+                                true
+                            } else {
+                                false
+                            }
+                        })
+                        .await
+                    {
+                        return self.fail(error);
+                    }
+                }
+                match self.store.put(record).await {
+                    Ok(PutOutcome::Stored) => Response::Stored,
+                    Ok(PutOutcome::HaveNewer(version)) => Response::HaveNewer { version },
+                    Ok(PutOutcome::Conflict) => Response::Conflict,
+                    Err(StoreError::Invalid(message)) => Response::Refused(message),
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::List {
+                volume,
+                prefix,
+                start_after,
+                limit,
+            } => {
+                if let Err(answer) = Self::check_member(&meta, volume) {
+                    return answer;
+                }
+                if meta.recovering {
+                    return Response::Recovering;
+                }
+                let limit = limit.clamp(1, MAX_LIST_ENTRIES) as usize;
+                match self
+                    .store
+                    .list(&prefix, start_after.as_deref(), limit)
+                    .await
+                {
+                    Some((entries, complete)) => Response::Listing { entries, complete },
+                    None => Response::Recovering,
+                }
+            }
+            Request::Stats => {
+                let stats = self.store.stats().await;
+                Response::Stats(ServerStats {
+                    records: stats.records,
+                    tombstones: stats.tombstones,
+                    live_bytes: stats.live_bytes,
+                    log_bytes: stats.log_bytes,
+                    requests: self.counters.requests.load(Ordering::Relaxed),
+                    duplicate_requests: self.counters.duplicate_requests.load(Ordering::Relaxed),
+                    rejected_frames: self.counters.rejected_frames.load(Ordering::Relaxed),
+                    corrupt_entries_seen: stats.corrupt_entries_seen,
+                    torn_tail_bytes_truncated: stats.torn_tail_bytes_truncated,
+                    compacted_entries: stats.compacted_entries,
+                    usage: self.env.process_usage(),
+                    uptime_ms: (self.env.now() - self.started_at).as_millis() as u64,
+                    recovering: meta.recovering,
+                    promised_epoch: meta.promised_epoch,
+                })
+            }
+            Request::Dump {
+                prefix,
+                start_after,
+                limit,
+            } => {
+                let limit = limit.clamp(1, MAX_LIST_ENTRIES) as usize;
+                match self
+                    .store
+                    .dump(&self.cluster_key, &prefix, start_after.as_deref(), limit)
+                    .await
+                {
+                    Ok((entries, complete)) => Response::Dump { entries, complete },
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::Inject { key, fault } => {
+                if !self.options.allow_fault_injection {
+                    return Response::Refused(
+                        "fault injection is disabled on this server (start it with --allow-fault-injection)"
+                            .into(),
+                    );
+                }
+                tracing::warn!(key = %crate::record::display_key(&key), ?fault, "injecting a fault");
+                match self.store.inject(&self.cluster_key, &key, fault).await {
+                    Ok(()) => Response::Done,
+                    Err(StoreError::Invalid(message)) => Response::Refused(message),
+                    Err(error) => self.fail(error),
+                }
+            }
+        }
+    }
+
+    /// Serve connections on `listener` until `shutdown` completes (clean stop) or the store fails
+    /// fatally (an error: the process must restart and recover).
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: E::Listener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), ServerError> {
+        let weak = Arc::downgrade(&self);
+        let maintenance_env = self.env.clone();
+        let interval = self.options.maintenance_interval;
+        self.env.spawn(async move {
+            loop {
+                maintenance_env.sleep(interval).await;
+                let Some(server) = weak.upgrade() else { return };
+                if server.store.is_poisoned() {
+                    return;
+                }
+                if let Err(error) = server.store.compact_step().await {
+                    server.fail(error);
+                    return;
+                }
+            }
+        });
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    tracing::info!("shutting down");
+                    return Ok(());
+                }
+                () = self.fatal.notified() => {
+                    return Err(StoreError::Fatal("the store failed; restart to recover".into()).into());
+                }
+                accepted = self.env.accept(&listener) => accepted,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let connections = self.counters.connections.fetch_add(1, Ordering::AcqRel);
+                    if connections >= self.options.max_connections {
+                        self.counters.connections.fetch_sub(1, Ordering::AcqRel);
+                        tracing::warn!(%peer, "refusing a connection: too many open");
+                        continue;
+                    }
+                    let server = self.clone();
+                    self.env.spawn(async move {
+                        server.serve_connection(stream, peer).await;
+                        server.counters.connections.fetch_sub(1, Ordering::AcqRel);
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    // Out of descriptors and the like: do not spin.
+                    self.env.sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_connection(self: &Arc<Self>, stream: E::Stream, peer: std::net::SocketAddr) {
+        if let Err(error) = self.clone().connection_loop(stream, peer).await {
+            match error {
+                FrameError::Closed => tracing::debug!(%peer, "connection closed"),
+                error => tracing::warn!(%peer, %error, "dropping connection"),
+            }
+        }
+    }
+
+    async fn connection_loop(
+        self: Arc<Self>,
+        stream: E::Stream,
+        peer: std::net::SocketAddr,
+    ) -> Result<(), FrameError> {
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        let server_nonce = random_u128(&self.env).to_le_bytes();
+        let handshake = async {
+            write_frame(&mut writer, &encode_hello(&server_nonce)).await?;
+            let hello = read_frame(&mut reader).await?;
+            decode_hello(&hello)
+        };
+        let client_nonce = timeout(&self.env, self.options.handshake_timeout, handshake)
+            .await
+            .map_err(|_| FrameError::Malformed("no hello in time".into()))??;
+        let mut inbound = FrameCodec::new(
+            self.cluster_key.clone(),
+            Direction::ClientToServer,
+            client_nonce,
+            server_nonce,
+        );
+        let mut outbound = FrameCodec::new(
+            self.cluster_key.clone(),
+            Direction::ServerToClient,
+            client_nonce,
+            server_nonce,
+        );
+        let capacity = self.options.max_in_flight_per_connection;
+        let (sender, mut receiver) = mpsc::channel::<Outgoing>(capacity);
+        self.env.spawn(async move {
+            let mut buffer = Vec::new();
+            while let Some(first) = receiver.recv().await {
+                buffer.clear();
+                let mut next = Some(first);
+                let mut reject = false;
+                // Batch whatever is ready into one write.
+                while let Some(outgoing) = next.take() {
+                    match outgoing {
+                        Outgoing::Answer(request_id, response) => {
+                            push_frame(&mut buffer, &outbound.seal(request_id, &response));
+                        }
+                        Outgoing::Reject => {
+                            push_frame(&mut buffer, &encode_rejection());
+                            reject = true;
+                        }
+                    }
+                    if buffer.len() < 1 << 20 {
+                        next = receiver.try_recv().ok();
+                    }
+                }
+                if writer.write_all(&buffer).await.is_err() || writer.flush().await.is_err() {
+                    return;
+                }
+                if reject {
+                    let _ = writer.shutdown().await;
+                    return;
+                }
+            }
+        });
+        let permits = Arc::new(Semaphore::new(capacity));
+        loop {
+            let frame = timeout(
+                &self.env,
+                self.options.idle_timeout,
+                read_frame(&mut reader),
+            )
+            .await
+            .map_err(|_| FrameError::Malformed("idle timeout".into()))??;
+            let (request_id, request) = match inbound.open::<Request>(&frame) {
+                Ok(opened) => opened,
+                Err(error) => {
+                    self.counters
+                        .rejected_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                    if matches!(error, FrameError::Authentication) {
+                        let _ = sender.send(Outgoing::Reject).await;
+                    }
+                    tracing::warn!(%peer, %error, "refusing a frame");
+                    return Err(error);
+                }
+            };
+            let permit = permits
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            let server = self.clone();
+            let sender = sender.clone();
+            self.env.spawn(async move {
+                let response = server.handle(request_id, request).await;
+                let _ = sender.send(Outgoing::Answer(request_id, response)).await;
+                drop(permit);
+            });
+        }
+    }
+}

@@ -1,0 +1,962 @@
+//! The record store of one server (DESIGN §4): an append-only log of checksummed entries on the
+//! [`Disk`] seam, an in-memory index rebuilt at start, group commit, torn-tail truncation,
+//! detection of damage in the middle of the log, and compaction of superseded entries.
+//!
+//! Log entry layout (little endian):
+//! `magic u32 | body_bytes u32 | body_crc32c u32 | header_crc32c u32 | body`, where the body is a
+//! postcard [`LogEntry`]. The header checksum covers the first twelve bytes, so a damaged length
+//! is never trusted.
+//!
+//! Every start opens a fresh segment for appends, so nothing is ever appended after bytes that
+//! failed a check.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex as StdMutex;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::disk::{read_whole, Disk};
+use crate::proto::{DumpEntry, InjectedFault, ListEntry, MemberId, VolumeId};
+use crate::record::{ClusterKey, Record, Tag, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES};
+
+const ENTRY_MAGIC: u32 = 0x3153_4656; // "VFS1"
+const HEADER_BYTES: usize = 16;
+const MAX_BODY_BYTES: usize = MAX_VALUE_BYTES + MAX_KEY_BYTES + 1024;
+const META_FILE: &str = "meta";
+const META_MAGIC: &[u8; 8] = b"vfsmeta1";
+const SEGMENT_PREFIX: &str = "segment-";
+/// Reads of a moved entry retry this many times before giving up (compaction may move an entry
+/// between the index lookup and the read).
+const READ_ATTEMPTS: usize = 4;
+
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Start a new segment once the active one reaches this many bytes.
+    pub segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What a server keeps about itself besides records, replaced atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    pub volume: Option<VolumeId>,
+    pub member: Option<MemberId>,
+    /// Set when this server may have lost acknowledged data; cleared by a complete scrub pass.
+    pub recovering: bool,
+    pub promised_epoch: u64,
+    pub promised_writer: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum LogEntry {
+    Record(Record),
+    /// This server lost its copy of `key` (whatever version it was).
+    Lost {
+        key: Vec<u8>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    length: u32,
+}
+
+#[derive(Clone, Debug)]
+enum Slot {
+    Stored {
+        version: Version,
+        tombstone: bool,
+        tag: Tag,
+        value_bytes: u32,
+        location: Location,
+        /// The entry failed its checksum when last read.
+        damaged: bool,
+    },
+    Lost {
+        location: Location,
+    },
+}
+
+impl Slot {
+    fn location(&self) -> Location {
+        match self {
+            Slot::Stored { location, .. } | Slot::Lost { location } => *location,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SegmentInfo {
+    bytes: u64,
+    live_bytes: u64,
+}
+
+struct State {
+    index: BTreeMap<Vec<u8>, Slot>,
+    segments: BTreeMap<u64, SegmentInfo>,
+    active: u64,
+    meta: Meta,
+}
+
+impl State {
+    fn add_live(&mut self, location: Location) {
+        let info = self.segments.entry(location.segment).or_default();
+        info.live_bytes += u64::from(location.length);
+    }
+
+    fn remove_live(&mut self, location: Location) {
+        let info = self
+            .segments
+            .get_mut(&location.segment)
+            .expect("a live entry's segment is known");
+        assert!(info.live_bytes >= u64::from(location.length));
+        info.live_bytes -= u64::from(location.length);
+    }
+
+    /// Point `key` at `slot`, keeping per-segment live byte counts exact.
+    fn replace(&mut self, key: Vec<u8>, slot: Slot) {
+        self.add_live(slot.location());
+        if let Some(previous) = self.index.insert(key, slot) {
+            self.remove_live(previous.location());
+        }
+    }
+}
+
+/// Outcome of a put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Stored,
+    HaveNewer(Version),
+    Conflict,
+}
+
+/// Outcome of a get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GetOutcome {
+    Found(Record),
+    NotFound,
+    /// The stored copy failed its checksum or could not be read.
+    Corrupt,
+    /// This copy was lost.
+    Lost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store can no longer guarantee durability; the process must crash and recover.
+    #[error("fatal disk error, the server must restart: {0}")]
+    Fatal(String),
+    /// The operation failed but nothing is lost (for example, no space for a new entry).
+    #[error("disk error: {0}")]
+    Failed(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What recovery found when the store was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub entries: u64,
+    pub segments: u64,
+    pub torn_tail_bytes: u64,
+    /// Damage that cannot be a torn write: the store may have lost acknowledged entries.
+    pub damaged_regions: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    corrupt_entries_seen: AtomicU64,
+    torn_tail_bytes: AtomicU64,
+    compacted_entries: AtomicU64,
+}
+
+/// Counts for server statistics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub records: u64,
+    pub tombstones: u64,
+    pub live_bytes: u64,
+    pub log_bytes: u64,
+    pub corrupt_entries_seen: u64,
+    pub torn_tail_bytes_truncated: u64,
+    pub compacted_entries: u64,
+}
+
+pub struct Store<D: Disk> {
+    disk: D,
+    options: StoreOptions,
+    state: Mutex<State>,
+    /// Held by the one task running a group commit.
+    sync_lock: Mutex<()>,
+    /// Everything before this (segment, byte) position is durable.
+    synced: StdMutex<(u64, u64)>,
+    /// Serialises replacements of the meta file.
+    meta_lock: Mutex<()>,
+    poisoned: AtomicBool,
+    counters: Counters,
+}
+
+fn segment_name(segment: u64) -> String {
+    format!("{SEGMENT_PREFIX}{segment:020}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    name.strip_prefix(SEGMENT_PREFIX)?.parse().ok()
+}
+
+fn encode_entry(entry: &LogEntry) -> Vec<u8> {
+    let body = postcard::to_allocvec(entry).expect("log entries always serialise");
+    assert!(
+        body.len() <= MAX_BODY_BYTES,
+        "entry larger than the log allows"
+    );
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + body.len());
+    bytes.extend_from_slice(&ENTRY_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let header_crc = crc32c::crc32c(&bytes[..12]);
+    bytes.extend_from_slice(&header_crc.to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// How an entry at some offset of a segment parses.
+enum Parsed {
+    Entry(LogEntry, usize),
+    /// Fewer bytes remain than the header claims: what a torn final write leaves.
+    Incomplete,
+    /// The header is intact but the body fails its checksum; the length is trustworthy.
+    BadBody(usize),
+    /// The header itself is damaged: nothing after it can be located.
+    BadHeader,
+}
+
+fn parse_entry(bytes: &[u8]) -> Parsed {
+    if bytes.len() < HEADER_BYTES {
+        return Parsed::Incomplete;
+    }
+    let word = |index: usize| {
+        u32::from_le_bytes(bytes[index * 4..index * 4 + 4].try_into().expect("4 bytes"))
+    };
+    if word(0) != ENTRY_MAGIC || crc32c::crc32c(&bytes[..12]) != word(3) {
+        return Parsed::BadHeader;
+    }
+    let body_bytes = word(1) as usize;
+    if body_bytes > MAX_BODY_BYTES {
+        return Parsed::BadHeader;
+    }
+    let total = HEADER_BYTES + body_bytes;
+    if bytes.len() < total {
+        return Parsed::Incomplete;
+    }
+    let body = &bytes[HEADER_BYTES..total];
+    if crc32c::crc32c(body) != word(2) {
+        return Parsed::BadBody(total);
+    }
+    match postcard::from_bytes::<LogEntry>(body) {
+        Ok(entry) => Parsed::Entry(entry, total),
+        Err(_) => Parsed::BadBody(total),
+    }
+}
+
+fn encode_meta(meta: &Meta) -> Vec<u8> {
+    let body = postcard::to_allocvec(meta).expect("meta always serialises");
+    let mut bytes = META_MAGIC.to_vec();
+    bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+fn decode_meta(bytes: &[u8]) -> Option<Meta> {
+    if bytes.len() < META_MAGIC.len() + 4 || &bytes[..META_MAGIC.len()] != META_MAGIC {
+        return None;
+    }
+    let crc = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    let body = &bytes[12..];
+    if crc32c::crc32c(body) != crc {
+        return None;
+    }
+    postcard::from_bytes(body).ok()
+}
+
+fn key_of(entry: &LogEntry) -> &[u8] {
+    match entry {
+        LogEntry::Record(record) => &record.key,
+        LogEntry::Lost { key } => key,
+    }
+}
+
+fn slot_for(entry: &LogEntry, location: Location) -> Slot {
+    match entry {
+        LogEntry::Record(record) => Slot::Stored {
+            version: record.version,
+            tombstone: record.tombstone,
+            tag: record.tag,
+            value_bytes: record.value.len() as u32,
+            location,
+            damaged: false,
+        },
+        LogEntry::Lost { .. } => Slot::Lost { location },
+    }
+}
+
+fn io_fatal(what: &str, error: std::io::Error) -> StoreError {
+    StoreError::Fatal(format!("{what}: {error}"))
+}
+
+impl<D: Disk> Store<D> {
+    /// Open the store on `disk`, rebuilding the index from the log.
+    pub async fn open(
+        disk: D,
+        options: StoreOptions,
+    ) -> Result<(Self, RecoveryReport), StoreError> {
+        let mut report = RecoveryReport::default();
+        let names = disk
+            .list()
+            .await
+            .map_err(|e| io_fatal("listing files", e))?;
+        let mut segment_numbers: Vec<u64> = names
+            .iter()
+            .filter_map(|name| parse_segment_name(name))
+            .collect();
+        segment_numbers.sort_unstable();
+        let mut meta = match read_whole(&disk, META_FILE)
+            .await
+            .map_err(|e| io_fatal("reading meta", e))?
+        {
+            None => Meta::default(),
+            Some(bytes) => match decode_meta(&bytes) {
+                Some(meta) => meta,
+                None => {
+                    // Without our identity we cannot vouch for anything: start blank, so that a
+                    // client makes us join as recovering.
+                    report.damaged_regions += 1;
+                    Meta::default()
+                }
+            },
+        };
+        let mut state = State {
+            index: BTreeMap::new(),
+            segments: BTreeMap::new(),
+            active: segment_numbers.last().map_or(1, |last| last + 1),
+            meta: Meta::default(),
+        };
+        let last_segment = segment_numbers.last().copied();
+        for segment in segment_numbers {
+            let name = segment_name(segment);
+            let bytes = read_whole(&disk, &name)
+                .await
+                .map_err(|e| io_fatal("reading a segment", e))?
+                .unwrap_or_default();
+            report.segments += 1;
+            let mut offset = 0usize;
+            let mut torn_at = None;
+            while offset < bytes.len() {
+                match parse_entry(&bytes[offset..]) {
+                    Parsed::Entry(entry, length) => {
+                        let location = Location {
+                            segment,
+                            offset: offset as u64,
+                            length: length as u32,
+                        };
+                        Self::recover_entry(&mut state, entry, location);
+                        report.entries += 1;
+                        offset += length;
+                    }
+                    Parsed::Incomplete if Some(segment) == last_segment => {
+                        torn_at = Some(offset);
+                        break;
+                    }
+                    Parsed::BadBody(length) => {
+                        report.damaged_regions += 1;
+                        offset += length;
+                    }
+                    Parsed::Incomplete | Parsed::BadHeader => {
+                        report.damaged_regions += 1;
+                        break;
+                    }
+                }
+            }
+            state.segments.entry(segment).or_default().bytes = bytes.len() as u64;
+            if let Some(torn_offset) = torn_at {
+                report.torn_tail_bytes = (bytes.len() - torn_offset) as u64;
+                disk.truncate(&name, torn_offset as u64)
+                    .await
+                    .map_err(|e| io_fatal("truncating a torn tail", e))?;
+                state.segments.entry(segment).or_default().bytes = torn_offset as u64;
+            }
+        }
+        let store_counters = Counters::default();
+        store_counters
+            .torn_tail_bytes
+            .store(report.torn_tail_bytes, Ordering::Relaxed);
+        if report.damaged_regions > 0 && meta.volume.is_some() && !meta.recovering {
+            meta.recovering = true;
+            disk.write_atomic(META_FILE, &encode_meta(&meta))
+                .await
+                .map_err(|e| io_fatal("writing meta", e))?;
+        }
+        state.meta = meta;
+        let active = state.active;
+        state.segments.insert(active, SegmentInfo::default());
+        let store = Self {
+            disk,
+            options,
+            state: Mutex::new(state),
+            sync_lock: Mutex::new(()),
+            synced: StdMutex::new((active, 0)),
+            meta_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            counters: store_counters,
+        };
+        Ok((store, report))
+    }
+
+    fn recover_entry(state: &mut State, entry: LogEntry, location: Location) {
+        let key = key_of(&entry).to_vec();
+        let keep_existing = match (&entry, state.index.get(&key)) {
+            (LogEntry::Record(record), Some(Slot::Stored { version, .. })) => {
+                *version > record.version
+            }
+            _ => false,
+        };
+        let slot = slot_for(&entry, location);
+        if keep_existing {
+            // Dead on arrival: account its bytes to no one.
+            return;
+        }
+        state.replace(key, slot);
+    }
+
+    fn check_poisoned(&self) -> Result<(), StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Fatal("an earlier disk sync failed".into()));
+        }
+        Ok(())
+    }
+
+    fn poison(&self, error: StoreError) -> StoreError {
+        self.poisoned.store(true, Ordering::Release);
+        error
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    fn is_durable(&self, segment: u64, end: u64) -> bool {
+        let synced = *self.synced.lock().expect("synced lock poisoned");
+        (segment, end) <= synced
+    }
+
+    fn advance_synced(&self, position: (u64, u64)) {
+        let mut synced = self.synced.lock().expect("synced lock poisoned");
+        if position > *synced {
+            *synced = position;
+        }
+    }
+
+    /// Wait until everything up to `(segment, end)` is durable. One caller at a time runs the
+    /// fsync and it covers every append made before it started (group commit).
+    async fn wait_durable(&self, segment: u64, end: u64) -> Result<(), StoreError> {
+        // Bounded: each round either returns or syncs past every append made before the round,
+        // which includes ours.
+        for _round in 0..3 {
+            self.check_poisoned()?;
+            if self.is_durable(segment, end) {
+                return Ok(());
+            }
+            let _sync_guard = self.sync_lock.lock().await;
+            if self.is_durable(segment, end) {
+                return Ok(());
+            }
+            let (active, written) = {
+                let state = self.state.lock().await;
+                (
+                    state.active,
+                    state.segments.get(&state.active).map_or(0, |s| s.bytes),
+                )
+            };
+            if written > 0 {
+                self.disk
+                    .sync(&segment_name(active))
+                    .await
+                    .map_err(|e| self.poison(io_fatal("fsync", e)))?;
+            }
+            self.advance_synced((active, written));
+        }
+        assert!(
+            self.is_durable(segment, end),
+            "group commit did not cover an append made before it"
+        );
+        Ok(())
+    }
+
+    /// Append an encoded entry to the active segment; the caller holds the state lock.
+    async fn append_locked(&self, state: &mut State, bytes: &[u8]) -> Result<Location, StoreError> {
+        self.check_poisoned()?;
+        let active = state.active;
+        let name = segment_name(active);
+        let offset = state.segments.get(&active).map_or(0, |s| s.bytes);
+        if let Err(error) = self.disk.append(&name, bytes).await {
+            // Nothing may follow a partial entry: cut it off, or crash if even that fails.
+            if let Err(truncate_error) = self.disk.truncate(&name, offset).await {
+                return Err(self.poison(io_fatal("undoing a failed append", truncate_error)));
+            }
+            return Err(StoreError::Failed(format!("append failed: {error}")));
+        }
+        state.segments.entry(active).or_default().bytes = offset + bytes.len() as u64;
+        let location = Location {
+            segment: active,
+            offset,
+            length: bytes.len() as u32,
+        };
+        if offset + bytes.len() as u64 >= self.options.segment_bytes {
+            // Seal the full segment: sync it under the lock so that everything in a sealed segment
+            // is durable, then move on.
+            self.disk
+                .sync(&name)
+                .await
+                .map_err(|e| self.poison(io_fatal("fsync", e)))?;
+            state.active = active + 1;
+            state.segments.insert(state.active, SegmentInfo::default());
+            self.advance_synced((state.active, 0));
+        }
+        Ok(location)
+    }
+
+    /// Store `record` if it is newer than what this store holds, durably, before returning.
+    pub async fn put(&self, record: Record) -> Result<PutOutcome, StoreError> {
+        if record.key.is_empty() || record.key.len() > MAX_KEY_BYTES {
+            return Err(StoreError::Invalid("key length out of range".into()));
+        }
+        if record.value.len() > MAX_VALUE_BYTES {
+            return Err(StoreError::Invalid("value too large".into()));
+        }
+        let mut state = self.state.lock().await;
+        let location = match state.index.get(&record.key) {
+            Some(Slot::Stored {
+                version,
+                tag,
+                damaged,
+                location,
+                ..
+            }) if !*damaged => {
+                if *version > record.version {
+                    return Ok(PutOutcome::HaveNewer(*version));
+                }
+                if *version == record.version {
+                    if *tag != record.tag {
+                        return Ok(PutOutcome::Conflict);
+                    }
+                    // Idempotent: the same record is already here (perhaps not yet durable).
+                    Some(*location)
+                } else {
+                    None
+                }
+            }
+            // Missing, lost or damaged copies accept any version.
+            _ => None,
+        };
+        let location = match location {
+            Some(existing) => existing,
+            None => {
+                let key = record.key.clone();
+                let entry = LogEntry::Record(record);
+                let bytes = encode_entry(&entry);
+                let location = self.append_locked(&mut state, &bytes).await?;
+                state.replace(key, slot_for(&entry, location));
+                location
+            }
+        };
+        drop(state);
+        self.wait_durable(
+            location.segment,
+            location.offset + u64::from(location.length),
+        )
+        .await?;
+        Ok(PutOutcome::Stored)
+    }
+
+    /// Read one entry at `location`, checking its checksum and that it is the entry the index
+    /// expects (a misdirected write would put another key's bytes there).
+    async fn read_entry(&self, location: Location) -> Result<Option<LogEntry>, std::io::Error> {
+        let bytes = self
+            .disk
+            .read_at(
+                &segment_name(location.segment),
+                location.offset,
+                location.length as usize,
+            )
+            .await?;
+        match parse_entry(&bytes) {
+            Parsed::Entry(entry, length) if length == bytes.len() => Ok(Some(entry)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn mark_damaged(&self, key: &[u8], at: Location) {
+        let mut state = self.state.lock().await;
+        if let Some(Slot::Stored {
+            location, damaged, ..
+        }) = state.index.get_mut(key)
+        {
+            if *location == at {
+                *damaged = true;
+            }
+        }
+        self.counters
+            .corrupt_entries_seen
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<GetOutcome, StoreError> {
+        for _attempt in 0..READ_ATTEMPTS {
+            self.check_poisoned()?;
+            let (location, version, tag) = {
+                let state = self.state.lock().await;
+                match state.index.get(key) {
+                    None => return Ok(GetOutcome::NotFound),
+                    Some(Slot::Lost { .. }) => return Ok(GetOutcome::Lost),
+                    Some(Slot::Stored { damaged: true, .. }) => return Ok(GetOutcome::Corrupt),
+                    Some(Slot::Stored {
+                        location,
+                        version,
+                        tag,
+                        ..
+                    }) => (*location, *version, *tag),
+                }
+            };
+            self.wait_durable(
+                location.segment,
+                location.offset + u64::from(location.length),
+            )
+            .await?;
+            match self.read_entry(location).await {
+                Ok(Some(LogEntry::Record(record)))
+                    if record.key == key && record.version == version && record.tag == tag =>
+                {
+                    return Ok(GetOutcome::Found(record));
+                }
+                Ok(_) => {
+                    self.mark_damaged(key, location).await;
+                    return Ok(GetOutcome::Corrupt);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                    // Compaction moved the entry and removed its segment: look again.
+                    continue;
+                }
+                Err(_) => {
+                    self.mark_damaged(key, location).await;
+                    return Ok(GetOutcome::Corrupt);
+                }
+            }
+        }
+        Err(StoreError::Failed(
+            "entry kept moving while being read".into(),
+        ))
+    }
+
+    /// Entries under `prefix` after `start_after`, in key order; `None` if any copy in the range is
+    /// lost or damaged (the listing could then not vote on absence).
+    pub async fn list(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Option<(Vec<ListEntry>, bool)> {
+        let state = self.state.lock().await;
+        let mut entries = Vec::new();
+        let start = match start_after {
+            Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_vec()),
+            _ => std::ops::Bound::Included(prefix.to_vec()),
+        };
+        for (key, slot) in state.index.range((start, std::ops::Bound::Unbounded)) {
+            if !key.starts_with(prefix) {
+                return Some((entries, true));
+            }
+            if entries.len() >= limit {
+                return Some((entries, false));
+            }
+            match slot {
+                Slot::Stored {
+                    version,
+                    tombstone,
+                    tag,
+                    damaged: false,
+                    ..
+                } => entries.push(ListEntry {
+                    key: key.clone(),
+                    version: *version,
+                    tombstone: *tombstone,
+                    tag: *tag,
+                }),
+                _ => return None,
+            }
+        }
+        Some((entries, true))
+    }
+
+    /// What this store holds under `prefix`, re-reading each entry to report its health.
+    pub async fn dump(
+        &self,
+        cluster_key: &ClusterKey,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<(Vec<DumpEntry>, bool), StoreError> {
+        let slots: Vec<(Vec<u8>, Slot)> = {
+            let state = self.state.lock().await;
+            let start = match start_after {
+                Some(after) if after >= prefix => std::ops::Bound::Excluded(after.to_vec()),
+                _ => std::ops::Bound::Included(prefix.to_vec()),
+            };
+            state
+                .index
+                .range((start, std::ops::Bound::Unbounded))
+                .take_while(|(key, _)| key.starts_with(prefix))
+                .take(limit + 1)
+                .map(|(key, slot)| (key.clone(), slot.clone()))
+                .collect()
+        };
+        let complete = slots.len() <= limit;
+        let mut entries = Vec::new();
+        for (key, slot) in slots.into_iter().take(limit) {
+            match slot {
+                Slot::Lost { .. } => entries.push(DumpEntry {
+                    key,
+                    version: Version::default(),
+                    tombstone: false,
+                    value_bytes: 0,
+                    checksum_ok: true,
+                    tag_ok: false,
+                    lost: true,
+                }),
+                Slot::Stored {
+                    version,
+                    tombstone,
+                    value_bytes,
+                    ..
+                } => {
+                    let outcome = self.get(&key).await?;
+                    let (checksum_ok, tag_ok) = match &outcome {
+                        GetOutcome::Found(record) => (true, record.tag_is_valid(cluster_key)),
+                        _ => (false, false),
+                    };
+                    entries.push(DumpEntry {
+                        key,
+                        version,
+                        tombstone,
+                        value_bytes: u64::from(value_bytes),
+                        checksum_ok,
+                        tag_ok,
+                        lost: matches!(outcome, GetOutcome::Lost),
+                    });
+                }
+            }
+        }
+        Ok((entries, complete))
+    }
+
+    /// Damage this store's copy of `key` on purpose (for demos and tests).
+    pub async fn inject(
+        &self,
+        cluster_key: &ClusterKey,
+        key: &[u8],
+        fault: InjectedFault,
+    ) -> Result<(), StoreError> {
+        let current = match self.get(key).await? {
+            GetOutcome::Found(record) => Some(record),
+            _ => None,
+        };
+        let entry = match (fault, current) {
+            (InjectedFault::Wipe, _) => LogEntry::Lost { key: key.to_vec() },
+            (InjectedFault::Corrupt, Some(mut record)) => {
+                if record.value.is_empty() {
+                    record.tag[0] ^= 0x01;
+                } else {
+                    let middle = record.value.len() / 2;
+                    record.value[middle] ^= 0x5A;
+                }
+                LogEntry::Record(record)
+            }
+            (InjectedFault::Stale, Some(record)) => {
+                let mut version = record.version;
+                if version.sequence > 0 {
+                    version.sequence -= 1;
+                } else if version.epoch > 0 {
+                    version.epoch -= 1;
+                } else {
+                    return Err(StoreError::Invalid("no older version exists".into()));
+                }
+                let mut value = b"stale:".to_vec();
+                value.extend_from_slice(&record.value);
+                value.truncate(MAX_VALUE_BYTES);
+                LogEntry::Record(Record::new(
+                    cluster_key,
+                    record.key,
+                    version,
+                    record.tombstone,
+                    value,
+                ))
+            }
+            (_, None) => {
+                return Err(StoreError::Invalid(
+                    "this server holds no readable copy of that key".into(),
+                ))
+            }
+        };
+        let bytes = encode_entry(&entry);
+        let mut state = self.state.lock().await;
+        let location = self.append_locked(&mut state, &bytes).await?;
+        state.replace(key.to_vec(), slot_for(&entry, location));
+        drop(state);
+        self.wait_durable(
+            location.segment,
+            location.offset + u64::from(location.length),
+        )
+        .await
+    }
+
+    pub async fn meta(&self) -> Meta {
+        self.state.lock().await.meta.clone()
+    }
+
+    /// Change the meta file durably; `change` returns false to leave it as it is.
+    pub async fn update_meta(
+        &self,
+        change: impl FnOnce(&mut Meta) -> bool,
+    ) -> Result<Meta, StoreError> {
+        let _meta_guard = self.meta_lock.lock().await;
+        let mut meta = self.meta().await;
+        if !change(&mut meta) {
+            return Ok(meta);
+        }
+        self.check_poisoned()?;
+        self.disk
+            .write_atomic(META_FILE, &encode_meta(&meta))
+            .await
+            .map_err(|e| self.poison(io_fatal("writing meta", e)))?;
+        self.state.lock().await.meta = meta.clone();
+        Ok(meta)
+    }
+
+    pub async fn stats(&self) -> StoreStats {
+        let state = self.state.lock().await;
+        let mut stats = StoreStats {
+            corrupt_entries_seen: self.counters.corrupt_entries_seen.load(Ordering::Relaxed),
+            torn_tail_bytes_truncated: self.counters.torn_tail_bytes.load(Ordering::Relaxed),
+            compacted_entries: self.counters.compacted_entries.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        };
+        for slot in state.index.values() {
+            if let Slot::Stored { tombstone, .. } = slot {
+                if *tombstone {
+                    stats.tombstones += 1;
+                } else {
+                    stats.records += 1;
+                }
+            }
+        }
+        for info in state.segments.values() {
+            stats.live_bytes += info.live_bytes;
+            stats.log_bytes += info.bytes;
+        }
+        stats
+    }
+
+    /// Move the live entries of the sealed segment with the most garbage into the active segment
+    /// and delete it. Returns how many entries moved (0 when no segment is worth compacting).
+    pub async fn compact_step(&self) -> Result<usize, StoreError> {
+        let (segment, moving) = {
+            let state = self.state.lock().await;
+            let candidate = state
+                .segments
+                .iter()
+                .filter(|(number, info)| {
+                    **number != state.active && info.live_bytes * 2 <= info.bytes
+                })
+                .min_by_key(|(_, info)| info.live_bytes)
+                .map(|(number, _)| *number);
+            let Some(segment) = candidate else {
+                return Ok(0);
+            };
+            let moving: Vec<(Vec<u8>, Location)> = state
+                .index
+                .iter()
+                .filter(|(_, slot)| slot.location().segment == segment)
+                .map(|(key, slot)| (key.clone(), slot.location()))
+                .collect();
+            (segment, moving)
+        };
+        let mut last_location = None;
+        for (key, old_location) in &moving {
+            let entry = match self.read_entry(*old_location).await {
+                Ok(Some(entry)) if key_of(&entry) == key.as_slice() => entry,
+                // An unreadable copy is a lost copy: say so in the log rather than dropping it,
+                // or this server would later deny having ever held the key.
+                _ => LogEntry::Lost { key: key.clone() },
+            };
+            let bytes = encode_entry(&entry);
+            let mut state = self.state.lock().await;
+            let still_there = state
+                .index
+                .get(key)
+                .is_some_and(|slot| slot.location() == *old_location);
+            if !still_there {
+                continue;
+            }
+            let location = self.append_locked(&mut state, &bytes).await?;
+            let mut slot = slot_for(&entry, location);
+            if let (
+                Slot::Stored { damaged, .. },
+                Some(Slot::Stored {
+                    damaged: was_damaged,
+                    ..
+                }),
+            ) = (&mut slot, state.index.get(key))
+            {
+                *damaged = *was_damaged;
+            }
+            state.replace(key.clone(), slot);
+            last_location = Some(location);
+        }
+        if let Some(location) = last_location {
+            self.wait_durable(
+                location.segment,
+                location.offset + u64::from(location.length),
+            )
+            .await?;
+        }
+        let mut state = self.state.lock().await;
+        let info = state.segments.get(&segment).copied().unwrap_or_default();
+        if info.live_bytes != 0 {
+            // Something was written into it meanwhile? Impossible: only the active segment grows.
+            return Err(StoreError::Fatal(format!(
+                "segment {segment} still holds {} live bytes after compaction",
+                info.live_bytes
+            )));
+        }
+        state.segments.remove(&segment);
+        drop(state);
+        self.disk
+            .remove(&segment_name(segment))
+            .await
+            .map_err(|e| self.poison(io_fatal("removing a compacted segment", e)))?;
+        self.counters
+            .compacted_entries
+            .fetch_add(moving.len() as u64, Ordering::Relaxed);
+        Ok(moving.len())
+    }
+}
