@@ -89,6 +89,9 @@ pub enum Request {
         volume: VolumeId,
         writer_epoch: u64,
         record: Record,
+        /// A repair: replace a copy of the same version too (the client saw it fail its tag, which
+        /// the server cannot see from its own checksum).
+        repair: bool,
     },
     /// Keys starting with `prefix`, in key order, after `start_after`.
     List {

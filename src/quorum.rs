@@ -268,6 +268,7 @@ impl<E: Env> Inner<E> {
         server: ServerIndex,
         request_id: RequestId,
         record: Record,
+        repair: bool,
     ) -> WriteOutcome {
         let mut last_failure = String::new();
         for attempt in 0..self.options.write_attempts.max(1) {
@@ -278,6 +279,7 @@ impl<E: Env> Inner<E> {
                 volume: self.volume,
                 writer_epoch: self.epoch,
                 record: record.clone(),
+                repair,
             };
             match self.links[server].call(request_id, request).await {
                 Ok(Response::Stored) | Ok(Response::HaveNewer { .. }) => {
@@ -467,10 +469,12 @@ impl<E: Env> QuorumClient<E> {
                     }
                 }
                 Ok(other) => unreachable.push((*server, format!("unexpected answer {other:?}"))),
-                Err(RpcError::Rejected) => return Err(QuorumError::Rejected(format!(
+                Err(RpcError::Rejected) => {
+                    return Err(QuorumError::Rejected(format!(
                     "server {} refused our frames: check that key_file holds this cluster's key",
                     placement.address(*server)
-                ))),
+                )))
+                }
                 Err(error) => unreachable.push((*server, error.to_string())),
             }
         }
@@ -757,7 +761,7 @@ impl<E: Env> QuorumClient<E> {
             value.to_vec(),
         );
         let owners = self.inner.placement.owners(key);
-        self.write_to(record, &owners, self.inner.placement.quorum())
+        self.write_to(record, &owners, self.inner.placement.quorum(), false)
             .await?;
         Ok(version)
     }
@@ -769,6 +773,7 @@ impl<E: Env> QuorumClient<E> {
         record: Record,
         servers: &[ServerIndex],
         needed: usize,
+        repair: bool,
     ) -> Result<(), QuorumError> {
         let (sender, mut receiver) = mpsc::channel(servers.len().max(1));
         let request_id = self.inner.next_request_id();
@@ -779,7 +784,7 @@ impl<E: Env> QuorumClient<E> {
             let server = *server;
             self.inner.env.spawn(async move {
                 let key = record.key.clone();
-                let outcome = inner.put_to(server, request_id, record).await;
+                let outcome = inner.put_to(server, request_id, record, repair).await;
                 match &outcome {
                     WriteOutcome::Acknowledged => {}
                     WriteOutcome::Fenced(promised) => inner.mark_fenced(*promised),
@@ -928,7 +933,7 @@ impl<E: Env> QuorumClient<E> {
             if holders < quorum {
                 inner.counters.write_backs.fetch_add(1, Ordering::Relaxed);
                 self.count_repairs(&answers, &record);
-                self.write_to(record.clone(), &needing, quorum - holders)
+                self.write_to(record.clone(), &needing, quorum - holders, true)
                     .await
                     .map_err(|error| match error {
                         QuorumError::Unavailable(why) => {
@@ -953,7 +958,7 @@ impl<E: Env> QuorumClient<E> {
                 .map(|(server, _)| *server)
                 .collect();
             if !lagging.is_empty() {
-                let _ = client.write_to(record, &lagging, lagging.len()).await;
+                let _ = client.write_to(record, &lagging, lagging.len(), true).await;
             }
         });
         Ok(winner)

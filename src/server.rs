@@ -312,6 +312,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 volume,
                 writer_epoch,
                 record,
+                repair,
             } => {
                 if let Err(answer) = Self::check_member(&meta, volume) {
                     return answer;
@@ -345,7 +346,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                         return self.fail(error);
                     }
                 }
-                match self.store.put(record).await {
+                match self.store.put(record, repair).await {
                     Ok(PutOutcome::Stored) => Response::Stored,
                     Ok(PutOutcome::HaveNewer(version)) => Response::HaveNewer { version },
                     Ok(PutOutcome::Conflict) => Response::Conflict,

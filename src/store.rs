@@ -536,8 +536,10 @@ impl<D: Disk> Store<D> {
         Ok(location)
     }
 
-    /// Store `record` if it is newer than what this store holds, durably, before returning.
-    pub async fn put(&self, record: Record) -> Result<PutOutcome, StoreError> {
+    /// Store `record` if it is newer than what this store holds, durably, before returning. With
+    /// `repair`, an equal version with an equal tag is written again (the caller found this
+    /// store's copy bad end to end).
+    pub async fn put(&self, record: Record, repair: bool) -> Result<PutOutcome, StoreError> {
         if record.key.is_empty() || record.key.len() > MAX_KEY_BYTES {
             return Err(StoreError::Invalid("key length out of range".into()));
         }
@@ -560,8 +562,12 @@ impl<D: Disk> Store<D> {
                     if *tag != record.tag {
                         return Ok(PutOutcome::Conflict);
                     }
-                    // Idempotent: the same record is already here (perhaps not yet durable).
-                    Some(*location)
+                    if repair {
+                        None
+                    } else {
+                        // Idempotent: the same record is already here (perhaps not yet durable).
+                        Some(*location)
+                    }
                 } else {
                     None
                 }
