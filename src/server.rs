@@ -153,14 +153,14 @@ impl<E: Env, D: Disk> Server<E, D> {
         Response::Failed(error.to_string())
     }
 
-    /// Check that a request addressed to `volume` may be served; `Err` carries the answer.
-    fn check_member(meta: &Meta, volume: VolumeId) -> Result<(), Response> {
+    /// The answer to a request addressed to `volume` that this server may not serve, if any.
+    fn refusal(meta: &Meta, volume: VolumeId) -> Option<Response> {
         match meta.volume {
-            None => Err(Response::Blank),
-            Some(ours) if ours != volume => Err(Response::Refused(format!(
+            None => Some(Response::Blank),
+            Some(ours) if ours != volume => Some(Response::Refused(format!(
                 "this server belongs to volume {ours:032x}, not {volume:032x}"
             ))),
-            Some(_) => Ok(()),
+            Some(_) => None,
         }
     }
 
@@ -263,7 +263,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 epoch,
                 writer,
             } => {
-                if let Err(answer) = Self::check_member(&meta, volume) {
+                if let Some(answer) = Self::refusal(&meta, volume) {
                     return answer;
                 }
                 let mut granted = false;
@@ -294,7 +294,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 }
             }
             Request::Get { volume, key } => {
-                if let Err(answer) = Self::check_member(&meta, volume) {
+                if let Some(answer) = Self::refusal(&meta, volume) {
                     return answer;
                 }
                 if meta.recovering {
@@ -314,7 +314,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 record,
                 repair,
             } => {
-                if let Err(answer) = Self::check_member(&meta, volume) {
+                if let Some(answer) = Self::refusal(&meta, volume) {
                     return answer;
                 }
                 if writer_epoch < meta.promised_epoch {
@@ -360,7 +360,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 start_after,
                 limit,
             } => {
-                if let Err(answer) = Self::check_member(&meta, volume) {
+                if let Some(answer) = Self::refusal(&meta, volume) {
                     return answer;
                 }
                 if meta.recovering {
@@ -444,9 +444,16 @@ impl<E: Env, D: Disk> Server<E, D> {
                 if server.store.is_poisoned() {
                     return;
                 }
-                if let Err(error) = server.store.compact_step().await {
-                    server.fail(error);
-                    return;
+                // A few segments per tick at most, so that compaction never hogs the store.
+                for _step in 0..4 {
+                    match server.store.compact_step().await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(error) => {
+                            server.fail(error);
+                            return;
+                        }
+                    }
                 }
             }
         });

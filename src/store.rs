@@ -883,8 +883,9 @@ impl<D: Disk> Store<D> {
     }
 
     /// Move the live entries of the sealed segment with the most garbage into the active segment
-    /// and delete it. Returns how many entries moved (0 when no segment is worth compacting).
-    pub async fn compact_step(&self) -> Result<usize, StoreError> {
+    /// and delete it. Returns how many entries moved, or `None` when no segment is worth
+    /// compacting.
+    pub async fn compact_step(&self) -> Result<Option<usize>, StoreError> {
         let (segment, moving) = {
             let state = self.state.lock().await;
             let candidate = state
@@ -896,7 +897,7 @@ impl<D: Disk> Store<D> {
                 .min_by_key(|(_, info)| info.live_bytes)
                 .map(|(number, _)| *number);
             let Some(segment) = candidate else {
-                return Ok(0);
+                return Ok(None);
             };
             let moving: Vec<(Vec<u8>, Location)> = state
                 .index
@@ -963,6 +964,406 @@ impl<D: Disk> Store<D> {
         self.counters
             .compacted_entries
             .fetch_add(moving.len() as u64, Ordering::Relaxed);
-        Ok(moving.len())
+        Ok(Some(moving.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::disk::FileDisk;
+    use crate::record::CLUSTER_KEY_BYTES;
+
+    fn cluster_key() -> ClusterKey {
+        ClusterKey::from_bytes([1; CLUSTER_KEY_BYTES])
+    }
+
+    fn record(key: &str, sequence: u64, value: &[u8]) -> Record {
+        Record::new(
+            &cluster_key(),
+            key.as_bytes().to_vec(),
+            Version {
+                epoch: 1,
+                sequence,
+                writer: 1,
+            },
+            false,
+            value.to_vec(),
+        )
+    }
+
+    /// Counts syncs, to see group commit at work.
+    struct CountingDisk {
+        inner: FileDisk,
+        syncs: Arc<AtomicU64>,
+    }
+
+    impl Disk for CountingDisk {
+        fn list(&self) -> impl std::future::Future<Output = std::io::Result<Vec<String>>> + Send {
+            self.inner.list()
+        }
+        fn read_at(
+            &self,
+            name: &str,
+            offset: u64,
+            length: usize,
+        ) -> impl std::future::Future<Output = std::io::Result<Vec<u8>>> + Send {
+            self.inner.read_at(name, offset, length)
+        }
+        fn size(
+            &self,
+            name: &str,
+        ) -> impl std::future::Future<Output = std::io::Result<u64>> + Send {
+            self.inner.size(name)
+        }
+        fn append(
+            &self,
+            name: &str,
+            bytes: &[u8],
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.append(name, bytes)
+        }
+        fn sync(
+            &self,
+            name: &str,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.syncs.fetch_add(1, Ordering::Relaxed);
+            self.inner.sync(name)
+        }
+        fn truncate(
+            &self,
+            name: &str,
+            length: u64,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.truncate(name, length)
+        }
+        fn remove(
+            &self,
+            name: &str,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.remove(name)
+        }
+        fn write_atomic(
+            &self,
+            name: &str,
+            bytes: &[u8],
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.write_atomic(name, bytes)
+        }
+    }
+
+    async fn open(
+        directory: &std::path::Path,
+        segment_bytes: u64,
+    ) -> (Store<FileDisk>, RecoveryReport) {
+        Store::open(
+            FileDisk::open(directory).unwrap(),
+            StoreOptions { segment_bytes },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn segment_files(directory: &std::path::Path) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(directory)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| {
+                path.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(SEGMENT_PREFIX)
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[tokio::test]
+    async fn keeps_only_newer_versions() {
+        let directory = tempfile::tempdir().unwrap();
+        let (store, _) = open(directory.path(), 1 << 20).await;
+        assert_eq!(
+            store.put(record("k", 2, b"two"), false).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.put(record("k", 1, b"one"), false).await.unwrap(),
+            PutOutcome::HaveNewer(record("k", 2, b"").version)
+        );
+        assert_eq!(
+            store.put(record("k", 2, b"two"), false).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.put(record("k", 2, b"other"), false).await.unwrap(),
+            PutOutcome::Conflict
+        );
+        assert_eq!(
+            store.get(b"k").await.unwrap(),
+            GetOutcome::Found(record("k", 2, b"two"))
+        );
+        assert_eq!(store.get(b"missing").await.unwrap(), GetOutcome::NotFound);
+    }
+
+    #[tokio::test]
+    async fn group_commit_covers_concurrent_puts_with_fewer_syncs() {
+        let directory = tempfile::tempdir().unwrap();
+        let syncs = Arc::new(AtomicU64::new(0));
+        let disk = CountingDisk {
+            inner: FileDisk::open(directory.path()).unwrap(),
+            syncs: syncs.clone(),
+        };
+        let (store, _) = Store::open(disk, StoreOptions::default()).await.unwrap();
+        let store = Arc::new(store);
+        let mut tasks = Vec::new();
+        for index in 0..200u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .put(record(&format!("key{index}"), 1, &[7u8; 100]), false)
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), PutOutcome::Stored);
+        }
+        let syncs = syncs.load(Ordering::Relaxed);
+        assert!(syncs >= 1, "a put must be synced before it is acknowledged");
+        assert!(
+            syncs < 200,
+            "group commit should share syncs, saw {syncs} for 200 puts"
+        );
+        drop(store);
+        let (reopened, report) = open(directory.path(), 1 << 20).await;
+        assert_eq!(report.entries, 200);
+        assert_eq!(reopened.stats().await.records, 200);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_store_stays_healthy() {
+        let directory = tempfile::tempdir().unwrap();
+        let meta = Meta {
+            volume: Some(9),
+            member: Some(MemberId { bank: 0, slot: 0 }),
+            ..Meta::default()
+        };
+        {
+            let (store, _) = open(directory.path(), 1 << 20).await;
+            store
+                .update_meta(|m| {
+                    *m = meta.clone();
+                    true
+                })
+                .await
+                .unwrap();
+            for sequence in 1..=10 {
+                store
+                    .put(record("k", sequence, b"value"), false)
+                    .await
+                    .unwrap();
+                store
+                    .put(record(&format!("other{sequence}"), 1, b"v"), false)
+                    .await
+                    .unwrap();
+            }
+        }
+        let last = segment_files(directory.path()).pop().unwrap();
+        let whole = std::fs::read(&last).unwrap();
+        // A torn write: the first bytes of another entry.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&encode_entry(&LogEntry::Record(record("k", 11, b"new")))[..20]);
+        std::fs::write(&last, &torn).unwrap();
+        let (store, report) = open(directory.path(), 1 << 20).await;
+        assert_eq!(report.torn_tail_bytes, 20);
+        assert_eq!(report.damaged_regions, 0);
+        assert!(!store.meta().await.recovering);
+        assert_eq!(std::fs::read(&last).unwrap(), whole);
+        assert_eq!(
+            store.get(b"k").await.unwrap(),
+            GetOutcome::Found(record("k", 10, b"value"))
+        );
+    }
+
+    #[tokio::test]
+    async fn mid_log_damage_makes_the_store_recovering() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(directory.path(), 1 << 20).await;
+            store
+                .update_meta(|m| {
+                    m.volume = Some(9);
+                    m.member = Some(MemberId { bank: 0, slot: 0 });
+                    true
+                })
+                .await
+                .unwrap();
+            for index in 0..20 {
+                store
+                    .put(record(&format!("k{index}"), 1, &[3u8; 64]), false)
+                    .await
+                    .unwrap();
+            }
+        }
+        let first = segment_files(directory.path()).remove(0);
+        let mut bytes = std::fs::read(&first).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&first, &bytes).unwrap();
+        let (store, report) = open(directory.path(), 1 << 20).await;
+        assert!(report.damaged_regions > 0);
+        assert!(
+            store.meta().await.recovering,
+            "damage must not be voted away as absence"
+        );
+        // What was after the damage in other entries is still served.
+        assert!(matches!(
+            store.get(b"k0").await.unwrap(),
+            GetOutcome::Found(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn rot_found_on_read_is_reported_corrupt_and_repairable() {
+        let directory = tempfile::tempdir().unwrap();
+        let (store, _) = open(directory.path(), 1 << 20).await;
+        store.put(record("k", 1, &[5u8; 256]), false).await.unwrap();
+        let file = segment_files(directory.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 10;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(store.get(b"k").await.unwrap(), GetOutcome::Corrupt);
+        // A damaged copy accepts the same version again.
+        assert_eq!(
+            store.put(record("k", 1, &[5u8; 256]), false).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.get(b"k").await.unwrap(),
+            GetOutcome::Found(record("k", 1, &[5u8; 256]))
+        );
+    }
+
+    #[tokio::test]
+    async fn compaction_reclaims_superseded_entries_and_keeps_data() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(directory.path(), 4096).await;
+            // Cold keys in the first segments: live entries compaction must move.
+            for index in 0..10 {
+                store
+                    .put(record(&format!("cold{index}"), 1, b"cold"), false)
+                    .await
+                    .unwrap();
+            }
+            for sequence in 1..=200u64 {
+                for key in ["a", "b", "c"] {
+                    store
+                        .put(record(key, sequence, &[sequence as u8; 100]), false)
+                        .await
+                        .unwrap();
+                }
+            }
+            store
+                .inject(&cluster_key(), b"c", InjectedFault::Wipe)
+                .await
+                .unwrap();
+            let before = store.stats().await;
+            let mut moved = 0;
+            let mut segments_removed = 0;
+            while let Some(step) = store.compact_step().await.unwrap() {
+                moved += step;
+                segments_removed += 1;
+                assert!(segments_removed < 1000, "compaction must terminate");
+            }
+            let after = store.stats().await;
+            assert!(
+                moved >= 10 && segments_removed > 10,
+                "moved {moved}, removed {segments_removed}"
+            );
+            assert!(
+                after.log_bytes * 4 < before.log_bytes,
+                "compaction should reclaim most of {} bytes, left {}",
+                before.log_bytes,
+                after.log_bytes
+            );
+            assert_eq!(
+                store.get(b"a").await.unwrap(),
+                GetOutcome::Found(record("a", 200, &[200u8; 100]))
+            );
+            assert_eq!(store.get(b"c").await.unwrap(), GetOutcome::Lost);
+        }
+        let (store, report) = open(directory.path(), 4096).await;
+        assert_eq!(report.damaged_regions, 0);
+        assert_eq!(
+            store.get(b"b").await.unwrap(),
+            GetOutcome::Found(record("b", 200, &[200u8; 100]))
+        );
+        assert_eq!(
+            store.get(b"c").await.unwrap(),
+            GetOutcome::Lost,
+            "a lost copy stays lost"
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_pages_and_refuses_to_vouch_for_lost_copies() {
+        let directory = tempfile::tempdir().unwrap();
+        let (store, _) = open(directory.path(), 1 << 20).await;
+        for name in ["d#a", "d#b", "d#c", "e#a"] {
+            store.put(record(name, 1, b"x"), false).await.unwrap();
+        }
+        let (first, complete) = store.list(b"d#", None, 2).await.unwrap();
+        assert!(!complete);
+        assert_eq!(first.len(), 2);
+        let (rest, complete) = store.list(b"d#", Some(b"d#b"), 2).await.unwrap();
+        assert!(complete);
+        assert_eq!(
+            rest.iter().map(|e| e.key.clone()).collect::<Vec<_>>(),
+            vec![b"d#c".to_vec()]
+        );
+        store
+            .inject(&cluster_key(), b"d#b", InjectedFault::Wipe)
+            .await
+            .unwrap();
+        assert!(store.list(b"d#", None, 10).await.is_none());
+        assert!(store.list(b"e#", None, 10).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn injected_corruption_passes_the_checksum_but_not_the_tag() {
+        let directory = tempfile::tempdir().unwrap();
+        let (store, _) = open(directory.path(), 1 << 20).await;
+        store.put(record("k", 3, b"hello"), false).await.unwrap();
+        store
+            .inject(&cluster_key(), b"k", InjectedFault::Corrupt)
+            .await
+            .unwrap();
+        let GetOutcome::Found(corrupt) = store.get(b"k").await.unwrap() else {
+            panic!("a re-checksummed corruption reads back");
+        };
+        assert!(!corrupt.tag_is_valid(&cluster_key()));
+        store
+            .inject(&cluster_key(), b"k", InjectedFault::Stale)
+            .await
+            .unwrap();
+        let GetOutcome::Found(stale) = store.get(b"k").await.unwrap() else {
+            panic!("a stale copy reads back");
+        };
+        assert!(stale.tag_is_valid(&cluster_key()));
+        assert!(stale.version < record("k", 3, b"").version);
+        // A repair of the original version replaces the bad copy.
+        assert_eq!(
+            store.put(record("k", 3, b"hello"), true).await.unwrap(),
+            PutOutcome::Stored
+        );
+        assert_eq!(
+            store.get(b"k").await.unwrap(),
+            GetOutcome::Found(record("k", 3, b"hello"))
+        );
     }
 }

@@ -73,27 +73,20 @@ impl Env for TokioEnv {
     type Stream = TcpStream;
     type Listener = TcpListener;
 
-    fn connect(&self, address: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> + Send {
-        async move {
-            let stream = TcpStream::connect(address).await?;
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        }
+    async fn connect(&self, address: SocketAddr) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(address).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
     }
 
     fn bind(&self, address: SocketAddr) -> impl Future<Output = io::Result<TcpListener>> + Send {
         TcpListener::bind(address)
     }
 
-    fn accept<'a>(
-        &'a self,
-        listener: &'a TcpListener,
-    ) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send + 'a {
-        async move {
-            let (stream, peer) = listener.accept().await?;
-            stream.set_nodelay(true)?;
-            Ok((stream, peer))
-        }
+    async fn accept(&self, listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+        let (stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        Ok((stream, peer))
     }
 
     fn local_address(&self, listener: &TcpListener) -> io::Result<SocketAddr> {
