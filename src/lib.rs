@@ -17,5 +17,6 @@ pub mod quorum;
 pub mod record;
 pub mod rng;
 pub mod rpc;
+pub mod scrub;
 pub mod server;
 pub mod store;

@@ -101,6 +101,19 @@ pub enum Request {
         limit: u32,
     },
     Stats,
+    /// Every key this server holds a readable copy of, whatever its state (for the scrubber,
+    /// which must list recovering servers too).
+    Keys {
+        volume: VolumeId,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    /// A complete scrub pass refilled this server since it became recovering in generation
+    /// `recovery_generation`: it may vote on absence again.
+    MarkHealthy {
+        volume: VolumeId,
+        recovery_generation: u64,
+    },
     /// Everything this server holds, in key order, for operators.
     Dump {
         prefix: Vec<u8>,
@@ -123,6 +136,7 @@ impl Request {
                 | Request::GrantEpoch { .. }
                 | Request::Put { .. }
                 | Request::Inject { .. }
+                | Request::MarkHealthy { .. }
         )
     }
 }
@@ -144,6 +158,9 @@ pub struct Identity {
     pub state: ServerState,
     /// The highest epoch promised so far.
     pub promised_epoch: u64,
+    /// Grows each time the server becomes recovering, so that a scrub pass that started before
+    /// the latest loss cannot declare the server healthy.
+    pub recovery_generation: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -452,6 +452,7 @@ impl<E: Env> QuorumClient<E> {
                 Ok(Response::Identity(Identity {
                     state,
                     promised_epoch,
+                    ..
                 })) => {
                     highest_promised = highest_promised.max(*promised_epoch);
                     match state {
@@ -962,6 +963,75 @@ impl<E: Env> QuorumClient<E> {
             }
         });
         Ok(winner)
+    }
+
+    /// Vote over every owner of `key` and write the winner to each owner that does not hold it,
+    /// waiting for each. Returns the winner and the owners that could not be brought in step.
+    pub async fn repair_key(
+        &self,
+        key: &[u8],
+    ) -> Result<(Option<Record>, Vec<ServerIndex>), QuorumError> {
+        self.inner.check_writable()?;
+        let inner = &self.inner;
+        let owners = inner.placement.owners(key);
+        let (sender, mut receiver) = mpsc::channel(owners.len());
+        for owner in &owners {
+            let inner = inner.clone();
+            let sender = sender.clone();
+            let owner = *owner;
+            let key = key.to_vec();
+            inner.env.clone().spawn(async move {
+                let answer = inner.get_from(owner, &key).await;
+                let _ = sender.send((owner, answer)).await;
+            });
+        }
+        drop(sender);
+        let mut answers = Vec::with_capacity(owners.len());
+        while let Some(answer) = receiver.recv().await {
+            answers.push(answer);
+        }
+        let winner = match tally(&answers, inner.placement.quorum(), true) {
+            Tally::Decided(winner) => winner,
+            Tally::Conflict(why) => return Err(QuorumError::Conflict(why)),
+            Tally::Undecided => {
+                return Err(QuorumError::Unavailable(format!(
+                    "cannot settle {}: fewer than {} valid copies",
+                    display_key(key),
+                    inner.placement.quorum()
+                )))
+            }
+        };
+        let Some(record) = winner.clone() else {
+            // Absent everywhere that can vote. Owners that cannot vote (recovering, corrupt) hold
+            // nothing a reader could see: there is nothing to give them.
+            let stuck = answers
+                .iter()
+                .filter(|(_, answer)| matches!(answer, Answer::Failed(_)))
+                .map(|(server, _)| *server)
+                .collect();
+            return Ok((None, stuck));
+        };
+        self.count_repairs(&answers, &record);
+        let lagging: Vec<ServerIndex> = answers
+            .iter()
+            .filter(|(_, answer)| !holds_winner_owned(answer, &record))
+            .map(|(server, _)| *server)
+            .collect();
+        let request_id = inner.next_request_id();
+        let mut stuck = Vec::new();
+        for server in lagging {
+            match inner.put_to(server, request_id, record.clone(), true).await {
+                WriteOutcome::Acknowledged => {}
+                WriteOutcome::Fenced(promised) => {
+                    inner.mark_fenced(promised);
+                    return Err(QuorumError::Fenced {
+                        promised_epoch: promised,
+                    });
+                }
+                _ => stuck.push(server),
+            }
+        }
+        Ok((winner, stuck))
     }
 
     fn count_repairs(&self, answers: &[(ServerIndex, Answer)], winner: &Record) {

@@ -203,6 +203,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                     _ => ServerState::Blank,
                 },
                 promised_epoch: meta.promised_epoch,
+                recovery_generation: meta.recovery_generation,
             }),
             Request::Format { volume, member } => {
                 if meta.volume == Some(volume) && meta.member == Some(member) {
@@ -249,6 +250,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                         meta.volume = Some(volume);
                         meta.member = Some(member);
                         meta.recovering = true;
+                        meta.recovery_generation += 1;
                         meta.promised_epoch = meta.promised_epoch.max(epoch);
                         true
                     })
@@ -374,6 +376,47 @@ impl<E: Env, D: Disk> Server<E, D> {
                 {
                     Some((entries, complete)) => Response::Listing { entries, complete },
                     None => Response::Recovering,
+                }
+            }
+            Request::Keys {
+                volume,
+                start_after,
+                limit,
+            } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let limit = limit.clamp(1, MAX_LIST_ENTRIES) as usize;
+                let (entries, complete) = self.store.keys(start_after.as_deref(), limit).await;
+                Response::Listing { entries, complete }
+            }
+            Request::MarkHealthy {
+                volume,
+                recovery_generation,
+            } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let result = self
+                    .store
+                    .update_meta(|meta| {
+                        let clear =
+                            meta.recovering && meta.recovery_generation == recovery_generation;
+                        if clear {
+                            meta.recovering = false;
+                        }
+                        clear
+                    })
+                    .await;
+                match result {
+                    Ok(meta) if !meta.recovering => {
+                        tracing::info!("a complete scrub pass refilled this server: healthy again");
+                        Response::Done
+                    }
+                    Ok(_) => Response::Refused(
+                        "this server lost data again after that pass started".into(),
+                    ),
+                    Err(error) => self.fail(error),
                 }
             }
             Request::Stats => {

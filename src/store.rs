@@ -54,6 +54,8 @@ pub struct Meta {
     pub recovering: bool,
     pub promised_epoch: u64,
     pub promised_writer: u64,
+    /// Incremented every time this server becomes recovering.
+    pub recovery_generation: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -401,8 +403,9 @@ impl<D: Disk> Store<D> {
         store_counters
             .torn_tail_bytes
             .store(report.torn_tail_bytes, Ordering::Relaxed);
-        if report.damaged_regions > 0 && meta.volume.is_some() && !meta.recovering {
+        if report.damaged_regions > 0 && meta.volume.is_some() {
             meta.recovering = true;
+            meta.recovery_generation += 1;
             disk.write_atomic(META_FILE, &encode_meta(&meta))
                 .await
                 .map_err(|e| io_fatal("writing meta", e))?;
@@ -712,6 +715,37 @@ impl<D: Disk> Store<D> {
             }
         }
         Some((entries, true))
+    }
+
+    /// Every key with a readable-looking copy (not lost, not known damaged) after `start_after`.
+    pub async fn keys(&self, start_after: Option<&[u8]>, limit: usize) -> (Vec<ListEntry>, bool) {
+        let state = self.state.lock().await;
+        let start = match start_after {
+            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for (key, slot) in state.index.range((start, std::ops::Bound::Unbounded)) {
+            if entries.len() >= limit {
+                return (entries, false);
+            }
+            if let Slot::Stored {
+                version,
+                tombstone,
+                tag,
+                damaged: false,
+                ..
+            } = slot
+            {
+                entries.push(ListEntry {
+                    key: key.clone(),
+                    version: *version,
+                    tombstone: *tombstone,
+                    tag: *tag,
+                });
+            }
+        }
+        (entries, true)
     }
 
     /// What this store holds under `prefix`, re-reading each entry to report its health.
