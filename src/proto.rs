@@ -64,10 +64,16 @@ pub enum InjectedFault {
 pub enum Request {
     /// Who are you, and in what state?
     Identify,
-    /// Become member `member` of a new volume `volume` (only a blank server accepts).
+    /// Become member `member` of a new volume `volume` (only a blank server accepts). The volume
+    /// is unfinished until `CommitFormat`: a client that finds an unfinished format may complete
+    /// it instead of treating a still-blank server as one that lost data.
     Format {
         volume: VolumeId,
         member: MemberId,
+    },
+    /// Every member of a new volume is formatted: the volume exists from now on.
+    CommitFormat {
+        volume: VolumeId,
     },
     /// Join an existing volume as `member`, recovering until a complete scrub pass has filled it.
     Join {
@@ -132,6 +138,7 @@ impl Request {
         matches!(
             self,
             Request::Format { .. }
+                | Request::CommitFormat { .. }
                 | Request::Join { .. }
                 | Request::GrantEpoch { .. }
                 | Request::Put { .. }
@@ -150,6 +157,8 @@ pub enum ServerState {
         volume: VolumeId,
         member: MemberId,
         recovering: bool,
+        /// Formatted, but the format was not yet committed on every member.
+        formatting: bool,
     },
 }
 

@@ -445,6 +445,8 @@ impl<E: Env> QuorumClient<E> {
         let answers = fan_out(inner, &all, |_| Request::Identify).await;
         let mut volumes = BTreeSet::new();
         let mut blank = Vec::new();
+        let mut unfinished = Vec::new();
+        let mut committed = false;
         let mut unreachable = Vec::new();
         let mut highest_promised = 0;
         for (server, answer) in &answers {
@@ -457,7 +459,12 @@ impl<E: Env> QuorumClient<E> {
                     highest_promised = highest_promised.max(*promised_epoch);
                     match state {
                         ServerState::Blank => blank.push(*server),
-                        ServerState::Member { volume, member, .. } => {
+                        ServerState::Member {
+                            volume,
+                            member,
+                            formatting,
+                            ..
+                        } => {
                             if *member != placement.member(*server) {
                                 return Err(QuorumError::Volume(format!(
                                     "server {} says it is {member} but cluster.toml places it as {}: fix the order of servers in cluster.toml",
@@ -466,6 +473,11 @@ impl<E: Env> QuorumClient<E> {
                                 )));
                             }
                             volumes.insert(*volume);
+                            if *formatting {
+                                unfinished.push(*server);
+                            } else {
+                                committed = true;
+                            }
                         }
                     }
                 }
@@ -485,55 +497,79 @@ impl<E: Env> QuorumClient<E> {
                 volumes.len()
             )));
         }
-        let volume = match volumes.into_iter().next() {
-            Some(volume) => volume,
-            None => {
-                if mode == OpenMode::ReadOnly {
-                    return Err(QuorumError::Volume(
-                        "the volume is not formatted yet".into(),
-                    ));
-                }
-                if !unreachable.is_empty() && mode != OpenMode::WriterForceFormat {
-                    return Err(QuorumError::Volume(format!(
-                        "every reachable server is blank but some cannot be reached, and they may hold the volume; \
-                         refusing to format (start them, or force formatting if they are really empty): {}",
-                        describe_failures(&unreachable, placement)
-                    )));
-                }
-                let volume = random_u128(&inner.env);
-                let formatted = fan_out(inner, &blank, |server| Request::Format {
-                    volume,
-                    member: placement.member(server),
-                })
-                .await;
-                for (server, answer) in formatted {
-                    if !matches!(answer, Ok(Response::Done)) {
-                        return Err(QuorumError::Volume(format!(
-                            "formatting {} failed: {answer:?}",
-                            placement.address(server)
-                        )));
-                    }
-                }
-                tracing::info!(volume = format!("{volume:032x}"), "formatted a new volume");
-                return Ok((volume, highest_promised));
+        let existing = volumes.into_iter().next();
+        if !committed {
+            // A new volume, or a format that a crash interrupted before it was committed: no
+            // client ever wrote to it, so blank servers are simply formatted (not recovering).
+            if mode == OpenMode::ReadOnly {
+                return Err(QuorumError::Volume(
+                    "the volume is not formatted yet".into(),
+                ));
             }
-        };
-        if !blank.is_empty() && mode != OpenMode::ReadOnly {
-            let joined = fan_out(inner, &blank, |server| Request::Join {
+            if !unreachable.is_empty() && mode != OpenMode::WriterForceFormat {
+                return Err(QuorumError::Volume(format!(
+                    "some servers cannot be reached, and they may hold the volume; refusing to format \
+                     (start them, or force formatting if they are really empty): {}",
+                    describe_failures(&unreachable, placement)
+                )));
+            }
+            let volume = existing.unwrap_or_else(|| random_u128(&inner.env));
+            let formatted = fan_out(inner, &blank, |server| Request::Format {
                 volume,
                 member: placement.member(server),
-                epoch: highest_promised,
             })
             .await;
-            for (server, answer) in joined {
-                tracing::warn!(
-                    server = %placement.address(server),
-                    ?answer,
-                    "a blank server joined the volume as recovering"
-                );
+            for (server, answer) in formatted {
+                if !matches!(answer, Ok(Response::Done)) {
+                    return Err(QuorumError::Volume(format!(
+                        "formatting {} failed: {answer:?}",
+                        placement.address(server)
+                    )));
+                }
+            }
+            unfinished.extend(blank);
+            Self::commit_format(inner, volume, &unfinished).await?;
+            tracing::info!(volume = format!("{volume:032x}"), "formatted a new volume");
+            return Ok((volume, highest_promised));
+        }
+        let volume = existing.expect("a committed member names the volume");
+        if mode != OpenMode::ReadOnly {
+            // Members that missed the commit of the format hold nothing yet: finish it for them.
+            Self::commit_format(inner, volume, &unfinished).await?;
+            if !blank.is_empty() {
+                let joined = fan_out(inner, &blank, |server| Request::Join {
+                    volume,
+                    member: placement.member(server),
+                    epoch: highest_promised,
+                })
+                .await;
+                for (server, answer) in joined {
+                    tracing::warn!(
+                        server = %placement.address(server),
+                        ?answer,
+                        "a blank server joined the volume as recovering"
+                    );
+                }
             }
         }
         Ok((volume, highest_promised))
+    }
+
+    async fn commit_format(
+        inner: &Arc<Inner<E>>,
+        volume: VolumeId,
+        servers: &[ServerIndex],
+    ) -> Result<(), QuorumError> {
+        let committed = fan_out(inner, servers, |_| Request::CommitFormat { volume }).await;
+        for (server, answer) in committed {
+            if !matches!(answer, Ok(Response::Done)) {
+                return Err(QuorumError::Volume(format!(
+                    "committing the format on {} failed: {answer:?}",
+                    inner.placement.address(server)
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Take a new epoch: every server of a majority of banks must promise it, so that any

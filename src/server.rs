@@ -199,6 +199,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                         volume,
                         member,
                         recovering: meta.recovering,
+                        formatting: meta.formatting,
                     },
                     _ => ServerState::Blank,
                 },
@@ -225,8 +226,22 @@ impl<E: Env, D: Disk> Server<E, D> {
                         meta.volume = Some(volume);
                         meta.member = Some(member);
                         meta.recovering = false;
+                        meta.formatting = true;
                         true
                     })
+                    .await
+                {
+                    Ok(_) => Response::Done,
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::CommitFormat { volume } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                match self
+                    .store
+                    .update_meta(|meta| std::mem::replace(&mut meta.formatting, false))
                     .await
                 {
                     Ok(_) => Response::Done,
@@ -250,6 +265,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                         meta.volume = Some(volume);
                         meta.member = Some(member);
                         meta.recovering = true;
+                        meta.formatting = false;
                         meta.recovery_generation += 1;
                         meta.promised_epoch = meta.promised_epoch.max(epoch);
                         true

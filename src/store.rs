@@ -56,6 +56,8 @@ pub struct Meta {
     pub promised_writer: u64,
     /// Incremented every time this server becomes recovering.
     pub recovery_generation: u64,
+    /// Formatted as part of a new volume whose format is not committed yet.
+    pub formatting: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

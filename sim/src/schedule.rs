@@ -1,0 +1,179 @@
+//! Fault schedules (swarm testing): each seed picks which fault kinds are on, how many faults
+//! strike, and whether the schedule stays inside the fault envelope (DESIGN §8).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use votefs::rng::SeededRng;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FaultKind {
+    /// Kill a server and restart it; unsynced writes are lost.
+    CrashRestart,
+    /// As above, and the last unsynced write survives in part.
+    CrashTornWrite,
+    /// Kill a server, lose its whole disk, restart it blank.
+    CrashDiskLoss,
+    /// Flip bits in a server's stored bytes.
+    BitRot,
+    /// For a while, a server's reads flip bits or fail.
+    ReadFaults,
+    /// For a while, a server's appends land in the wrong place.
+    MisdirectedWrites,
+    /// Drop everything to and from one server for a while.
+    ClogServer,
+    /// Cut one bank off from everyone for a while.
+    PartitionBank,
+    /// Cut the client off from one bank for a while.
+    PartitionClientFromBank,
+    /// Freeze a server for a while.
+    PauseServer,
+    /// Lose a share of all messages for a while.
+    PacketLoss,
+    /// Slow every message down for a while.
+    LatencySpike,
+    /// The client dies; a new one (a new epoch) takes over.
+    ClientCrash,
+    /// A new client takes over while the old one keeps trying to write.
+    ClientTakeover,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 14] = [
+        FaultKind::CrashRestart,
+        FaultKind::CrashTornWrite,
+        FaultKind::CrashDiskLoss,
+        FaultKind::BitRot,
+        FaultKind::ReadFaults,
+        FaultKind::MisdirectedWrites,
+        FaultKind::ClogServer,
+        FaultKind::PartitionBank,
+        FaultKind::PartitionClientFromBank,
+        FaultKind::PauseServer,
+        FaultKind::PacketLoss,
+        FaultKind::LatencySpike,
+        FaultKind::ClientCrash,
+        FaultKind::ClientTakeover,
+    ];
+
+    /// Faults that can destroy or corrupt stored copies.
+    pub fn destroys_data(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CrashDiskLoss
+                | FaultKind::BitRot
+                | FaultKind::ReadFaults
+                | FaultKind::MisdirectedWrites
+        )
+    }
+
+    /// Faults that make (part of) one bank unreachable while they last.
+    pub fn makes_bank_unavailable(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CrashRestart
+                | FaultKind::CrashTornWrite
+                | FaultKind::CrashDiskLoss
+                | FaultKind::ClogServer
+                | FaultKind::PartitionBank
+                | FaultKind::PartitionClientFromBank
+                | FaultKind::PauseServer
+        )
+    }
+}
+
+impl fmt::Display for FaultKind {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, formatter)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Envelope {
+    /// At most one copy of any record destroyed before repair, at most one bank unreachable at a
+    /// time: nothing acknowledged may be lost and everything must work once faults heal.
+    Inside,
+    /// Anything goes: wrong bytes are still never allowed; EIO is.
+    Beyond,
+}
+
+/// One schedule's shape, drawn from its seed.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    pub seed: u64,
+    pub envelope: Envelope,
+    pub enabled: Vec<FaultKind>,
+    pub faults: usize,
+    pub operations: u64,
+    pub tasks: usize,
+    /// The one bank whose servers may lose data in an in-envelope schedule.
+    pub damage_bank: usize,
+}
+
+/// Knobs of a sweep.
+#[derive(Clone, Debug)]
+pub struct SweepShape {
+    pub operations: u64,
+    pub minimum_faults: usize,
+    pub maximum_faults: usize,
+    /// One schedule in this many goes beyond the envelope.
+    pub beyond_envelope_every: u64,
+    pub banks: usize,
+}
+
+impl Default for SweepShape {
+    fn default() -> Self {
+        Self {
+            operations: 200,
+            minimum_faults: 10,
+            maximum_faults: 24,
+            beyond_envelope_every: 5,
+            banks: 3,
+        }
+    }
+}
+
+impl Schedule {
+    pub fn from_seed(seed: u64, shape: &SweepShape) -> Self {
+        let mut rng = SeededRng::new(seed ^ 0x5C4E_D01E);
+        let envelope = if rng.below(shape.beyond_envelope_every.max(1)) == 0 {
+            Envelope::Beyond
+        } else {
+            Envelope::Inside
+        };
+        // Swarm testing: a random subset of fault kinds, never empty.
+        let mut enabled: Vec<FaultKind> = FaultKind::ALL
+            .iter()
+            .copied()
+            .filter(|_| rng.below(100) < 55)
+            .collect();
+        if enabled.is_empty() {
+            enabled.push(FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize]);
+        }
+        let spread = (shape.maximum_faults - shape.minimum_faults + 1) as u64;
+        Self {
+            seed,
+            envelope,
+            enabled,
+            faults: shape.minimum_faults + rng.below(spread) as usize,
+            operations: shape.operations,
+            tasks: 1 + rng.below(3) as usize,
+            damage_bank: rng.below(shape.banks as u64) as usize,
+        }
+    }
+}
+
+/// What was injected, for reports and the sweep's counters.
+#[derive(Clone, Debug, Default)]
+pub struct FaultLog {
+    pub entries: Vec<String>,
+    pub by_kind: BTreeMap<FaultKind, u64>,
+}
+
+impl FaultLog {
+    pub fn record(&mut self, kind: FaultKind, at_ms: u128, detail: String) {
+        *self.by_kind.entry(kind).or_default() += 1;
+        self.entries
+            .push(format!("{at_ms:>7} ms  {kind}: {detail}"));
+    }
+}
