@@ -12,6 +12,7 @@ pub mod config;
 pub mod disk;
 pub mod env;
 pub mod placement;
+pub mod planted;
 pub mod proto;
 pub mod quorum;
 pub mod record;

@@ -230,6 +230,9 @@ pub enum Response {
     Corrupt,
     /// This server cannot vote on this key: it may have lost the copy.
     Recovering,
+    /// A recovering server's copy: proof that this version was written, but no proof that it is
+    /// the newest (the server may have lost newer ones).
+    Unvouched(Record),
     /// This server has no volume yet.
     Blank,
     /// The record is durably stored (or an identical one already was).

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::env::{random_u128, Env};
 use crate::placement::{Placement, ServerIndex};
+use crate::planted::PlantedBug;
 use crate::proto::{Identity, ListEntry, Request, RequestId, Response, ServerState, VolumeId};
 use crate::record::{
     display_key, partition_of, validate_key, ClusterKey, Record, Version, MAX_VALUE_BYTES,
@@ -29,6 +30,8 @@ pub struct ClientOptions {
     pub heal_interval: Duration,
     /// Entries kept in the heal backlog; beyond it only a scrub pass can find the gaps.
     pub backlog_capacity: usize,
+    /// Only the simulator's self-test sets this (see [`crate::planted`]).
+    pub planted_bug: Option<PlantedBug>,
 }
 
 impl Default for ClientOptions {
@@ -39,6 +42,7 @@ impl Default for ClientOptions {
             retry_delay: Duration::from_millis(50),
             heal_interval: Duration::from_secs(1),
             backlog_capacity: 1_000_000,
+            planted_bug: None,
         }
     }
 }
@@ -122,6 +126,9 @@ enum Answer {
     Valid(Option<Record>),
     Corrupt,
     Recovering,
+    /// A good copy from a recovering server: it counts for the highest version seen, never
+    /// towards the quorum of answers.
+    Unvouched(Record),
     Blank,
     Failed(String),
 }
@@ -133,6 +140,7 @@ impl Answer {
             Answer::Valid(None) => "not found".into(),
             Answer::Corrupt => "corrupt copy".into(),
             Answer::Recovering => "recovering".into(),
+            Answer::Unvouched(record) => format!("recovering, holds version {}", record.version),
             Answer::Blank => "blank".into(),
             Answer::Failed(why) => why.clone(),
         }
@@ -333,6 +341,13 @@ impl<E: Env> Inner<E> {
                 Ok(Response::NotFound) => Answer::Valid(None),
                 Ok(Response::Corrupt) => Answer::Corrupt,
                 Ok(Response::Recovering) => Answer::Recovering,
+                Ok(Response::Unvouched(record)) => {
+                    if record.key == key && record.tag_is_valid(&self.cluster_key) {
+                        Answer::Unvouched(record)
+                    } else {
+                        Answer::Corrupt
+                    }
+                }
                 Ok(Response::Blank) => Answer::Blank,
                 Ok(other) => Answer::Failed(format!("unexpected answer {other:?}")),
                 Err(RpcError::Unreachable(why)) => {
@@ -361,26 +376,30 @@ enum Tally {
 }
 
 fn tally(answers: &[(ServerIndex, Answer)], quorum: usize, all_in: bool) -> Tally {
-    let valid: Vec<&Option<Record>> = answers
+    let valid = answers
+        .iter()
+        .filter(|(_, answer)| matches!(answer, Answer::Valid(_)))
+        .count();
+    if valid < quorum {
+        return Tally::Undecided;
+    }
+    // Every good copy counts for the highest version, vouched for or not: a quorum of valid
+    // answers guarantees the newest acknowledged write is among them, and anything newer that a
+    // recovering server holds was written too (an indeterminate write may become visible).
+    let copies: Vec<&Record> = answers
         .iter()
         .filter_map(|(_, answer)| match answer {
-            Answer::Valid(copy) => Some(copy),
+            Answer::Valid(Some(record)) | Answer::Unvouched(record) => Some(record),
             _ => None,
         })
         .collect();
-    if valid.len() < quorum {
-        return Tally::Undecided;
-    }
-    let top = valid
-        .iter()
-        .filter_map(|copy| copy.as_ref().map(|record| record.version))
-        .max();
+    let top = copies.iter().map(|record| record.version).max();
     let Some(top) = top else {
         return Tally::Decided(None);
     };
     // Copies at the top version, grouped by tag.
     let mut by_tag: BTreeMap<[u8; 32], (usize, &Record)> = BTreeMap::new();
-    for record in valid.iter().filter_map(|copy| copy.as_ref()) {
+    for record in copies {
         if record.version == top {
             by_tag.entry(record.tag).or_insert((0, record)).0 += 1;
         }
@@ -883,6 +902,12 @@ impl<E: Env> QuorumClient<E> {
         let inner = &self.inner;
         let owners = inner.placement.owners(key);
         let quorum = inner.placement.quorum();
+        let planted = inner.options.planted_bug;
+        let vote_quorum = if planted == Some(PlantedBug::VoteAcceptsOneAnswer) {
+            1
+        } else {
+            quorum
+        };
         let (sender, mut receiver) = mpsc::channel(owners.len());
         for owner in &owners {
             let inner = inner.clone();
@@ -903,7 +928,7 @@ impl<E: Env> QuorumClient<E> {
             if wait_for_all && !all_in {
                 continue;
             }
-            decision = tally(&answers, quorum, all_in);
+            decision = tally(&answers, vote_quorum, all_in);
             if !matches!(decision, Tally::Undecided) {
                 break;
             }
@@ -936,6 +961,7 @@ impl<E: Env> QuorumClient<E> {
                 )));
             }
         };
+        // Holders that count towards a quorum: valid answers with the winner.
         let holds_winner = |answer: &Answer| match (answer, &winner) {
             (Answer::Valid(Some(copy)), Some(record)) => same_write(copy, record),
             (Answer::Valid(None), None) => true,
@@ -953,7 +979,7 @@ impl<E: Env> QuorumClient<E> {
             .iter()
             .filter(|(_, answer)| holds_winner(answer))
             .count();
-        if holders < quorum {
+        if holders < quorum && planted != Some(PlantedBug::SkipWriteBack) {
             // ABD write-back: the winner must be on a quorum before anyone is told about it, or a
             // later read could miss it and go back in time.
             while let Some(answer) = receiver.recv().await {
@@ -964,7 +990,7 @@ impl<E: Env> QuorumClient<E> {
             }
             let needing: Vec<ServerIndex> = answers
                 .iter()
-                .filter(|(_, answer)| !holds_winner(answer))
+                .filter(|(_, answer)| !has_winner(answer, &record))
                 .map(|(server, _)| *server)
                 .collect();
             if holders < quorum {
@@ -981,6 +1007,9 @@ impl<E: Env> QuorumClient<E> {
                 return Ok(winner);
             }
         }
+        if planted == Some(PlantedBug::SkipWriteBack) {
+            return Ok(winner);
+        }
         // Read-repair in the background: every copy that answered without the winner, and every
         // answer still on its way.
         let client = self.clone();
@@ -991,7 +1020,7 @@ impl<E: Env> QuorumClient<E> {
             client.count_repairs(&answers, &record);
             let lagging: Vec<ServerIndex> = answers
                 .iter()
-                .filter(|(_, answer)| !holds_winner_owned(answer, &record))
+                .filter(|(_, answer)| !has_winner(answer, &record))
                 .map(|(server, _)| *server)
                 .collect();
             if !lagging.is_empty() {
@@ -1050,7 +1079,7 @@ impl<E: Env> QuorumClient<E> {
         self.count_repairs(&answers, &record);
         let lagging: Vec<ServerIndex> = answers
             .iter()
-            .filter(|(_, answer)| !holds_winner_owned(answer, &record))
+            .filter(|(_, answer)| !has_winner(answer, &record))
             .map(|(server, _)| *server)
             .collect();
         let request_id = inner.next_request_id();
@@ -1074,11 +1103,15 @@ impl<E: Env> QuorumClient<E> {
         let counters = &self.inner.counters;
         for (_, answer) in answers {
             let counter = match answer {
-                Answer::Valid(Some(copy)) if same_write(copy, winner) => continue,
+                Answer::Valid(Some(copy)) | Answer::Unvouched(copy) if same_write(copy, winner) => {
+                    continue
+                }
                 Answer::Valid(Some(_)) => &counters.repairs_lagging,
                 Answer::Valid(None) => &counters.repairs_missing,
                 Answer::Corrupt => &counters.repairs_corrupt,
-                Answer::Recovering | Answer::Blank => &counters.repairs_recovering,
+                Answer::Recovering | Answer::Unvouched(_) | Answer::Blank => {
+                    &counters.repairs_recovering
+                }
                 Answer::Failed(_) => continue,
             };
             counter.fetch_add(1, Ordering::Relaxed);
@@ -1211,6 +1244,8 @@ impl<E: Env> QuorumClient<E> {
     }
 }
 
-fn holds_winner_owned(answer: &Answer, winner: &Record) -> bool {
-    matches!(answer, Answer::Valid(Some(copy)) if same_write(copy, winner))
+/// Whether a server's answer shows it holds `winner` already (vouched for or not), so that it
+/// needs no repair.
+fn has_winner(answer: &Answer, winner: &Record) -> bool {
+    matches!(answer, Answer::Valid(Some(copy)) | Answer::Unvouched(copy) if same_write(copy, winner))
 }

@@ -36,6 +36,8 @@ pub struct ServerOptions {
     pub duplicate_window: usize,
     /// How often the server looks for a segment to compact.
     pub maintenance_interval: Duration,
+    /// Only the simulator's self-test sets this (see [`crate::planted`]).
+    pub planted_bug: Option<crate::planted::PlantedBug>,
 }
 
 impl Default for ServerOptions {
@@ -49,6 +51,7 @@ impl Default for ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             duplicate_window: 65_536,
             maintenance_interval: Duration::from_millis(500),
+            planted_bug: None,
         }
     }
 }
@@ -316,7 +319,12 @@ impl<E: Env, D: Disk> Server<E, D> {
                     return answer;
                 }
                 if meta.recovering {
-                    return Response::Recovering;
+                    return match self.store.get(&key).await {
+                        Ok(GetOutcome::Found(record)) => Response::Unvouched(record),
+                        Ok(GetOutcome::Corrupt) => Response::Corrupt,
+                        Ok(GetOutcome::NotFound | GetOutcome::Lost) => Response::Recovering,
+                        Err(error) => self.fail(error),
+                    };
                 }
                 match self.store.get(&key).await {
                     Ok(GetOutcome::Found(record)) => Response::Found(record),
@@ -364,7 +372,17 @@ impl<E: Env, D: Disk> Server<E, D> {
                         return self.fail(error);
                     }
                 }
+                let rollback = (self.options.planted_bug
+                    == Some(crate::planted::PlantedBug::ServerAcceptsOlderVersion))
+                .then(|| record.clone());
                 match self.store.put(record, repair).await {
+                    Ok(PutOutcome::HaveNewer(_)) if rollback.is_some() => {
+                        let record = rollback.expect("checked above");
+                        match self.store.append_unchecked(record).await {
+                            Ok(()) => Response::Stored,
+                            Err(error) => self.fail(error),
+                        }
+                    }
                     Ok(PutOutcome::Stored) => Response::Stored,
                     Ok(PutOutcome::HaveNewer(version)) => Response::HaveNewer { version },
                     Ok(PutOutcome::Conflict) => Response::Conflict,

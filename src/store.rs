@@ -859,10 +859,21 @@ impl<D: Disk> Store<D> {
                 ))
             }
         };
+        self.append_entry(key.to_vec(), entry).await
+    }
+
+    /// Store `record` whatever this store already holds (fault injection and planted bugs only:
+    /// it can roll a key back).
+    pub async fn append_unchecked(&self, record: Record) -> Result<(), StoreError> {
+        self.append_entry(record.key.clone(), LogEntry::Record(record))
+            .await
+    }
+
+    async fn append_entry(&self, key: Vec<u8>, entry: LogEntry) -> Result<(), StoreError> {
         let bytes = encode_entry(&entry);
         let mut state = self.state.lock().await;
         let location = self.append_locked(&mut state, &bytes).await?;
-        state.replace(key.to_vec(), slot_for(&entry, location));
+        state.replace(key, slot_for(&entry, location));
         drop(state);
         self.wait_durable(
             location.segment,

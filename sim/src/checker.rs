@@ -49,6 +49,22 @@ pub fn check_history(operations: &[Operation], fenced_at: &FenceTimes) -> Vec<St
     violations
 }
 
+/// Reads that returned the value of a write that was never acknowledged (it failed, or its
+/// client died): the indeterminate writes that write-back must make stick.
+pub fn reads_of_indeterminate_writes(operations: &[Operation]) -> u64 {
+    operations
+        .iter()
+        .filter(|operation| match &operation.outcome {
+            Outcome::Read {
+                value_op: Some(op), ..
+            } => operations
+                .get(*op as usize)
+                .is_some_and(|put| !matches!(put.outcome, Outcome::Written(_))),
+            _ => false,
+        })
+        .count() as u64
+}
+
 struct ReadSeen {
     id: u64,
     started: Duration,

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -145,6 +146,8 @@ impl SimCluster {
     }
 }
 
+/// A server process under its supervisor: whenever the server cannot open its store or stops on a
+/// fatal error, it is started again after a pause, as `votefs up` restarts a crashed server.
 async fn run_server(
     env: SimEnv,
     disk: SimDisk,
@@ -152,21 +155,22 @@ async fn run_server(
     options: ServerOptions,
     address: SocketAddr,
 ) {
-    let (server, _report) = match Server::open(env.clone(), disk, key, options).await {
-        Ok(opened) => opened,
-        Err(error) => {
-            tracing::error!(%error, "simulated server failed to open its store");
-            return;
+    let restart_delay = Duration::from_millis(200);
+    // Bounded only by the node's life: a killed node ends this loop.
+    loop {
+        match Server::open(env.clone(), disk.clone(), key.clone(), options.clone()).await {
+            Ok((server, _report)) => match votefs::env::Env::bind(&env, address).await {
+                Ok(listener) => {
+                    if let Err(error) = server.serve(listener, std::future::pending()).await {
+                        tracing::error!(%error, "simulated server stopped; restarting it");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "simulated server cannot bind"),
+            },
+            Err(error) => {
+                tracing::error!(%error, "simulated server failed to open its store; restarting it")
+            }
         }
-    };
-    let listener = match votefs::env::Env::bind(&env, address).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "simulated server cannot bind");
-            return;
-        }
-    };
-    if let Err(error) = server.serve(listener, std::future::pending()).await {
-        tracing::error!(%error, "simulated server stopped");
+        madsim::time::sleep(restart_delay).await;
     }
 }

@@ -26,6 +26,8 @@ pub mod sim_disk;
 #[cfg(madsim)]
 pub mod sim_env;
 #[cfg(madsim)]
+pub mod sweep;
+#[cfg(madsim)]
 pub mod trace;
 #[cfg(madsim)]
 pub mod workload;

@@ -11,6 +11,7 @@ use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 
 use votefs::env::Env;
+use votefs::planted::PlantedBug;
 use votefs::proto::{DumpEntry, Identity, Request, Response, ServerState};
 use votefs::quorum::{ClientOptions, ClientStats, OpenMode, QuorumClient};
 use votefs::record::{display_key, ClusterKey, CLUSTER_KEY_BYTES};
@@ -20,9 +21,9 @@ use votefs::scrub::scrub_pass;
 use votefs::server::{ServerOptions, MAX_LIST_ENTRIES};
 use votefs::store::StoreOptions;
 
-use crate::checker::{check_history, FenceTimes};
+use crate::checker::{check_history, reads_of_indeterminate_writes, FenceTimes};
 use crate::cluster::SimCluster;
-use crate::schedule::{Envelope, FaultKind, FaultLog, Schedule};
+use crate::schedule::{Envelope, FaultKind, FaultLog, PlannedFault, Schedule};
 use crate::sim_env::SimEnv;
 use crate::workload::{checked_read, run_task, History, OperationKind, Outcome, WorkloadConfig};
 
@@ -31,6 +32,8 @@ const SERVERS_PER_BANK: usize = 2;
 const MAXIMUM_CLIENTS: u64 = 5;
 /// The workload must finish within this much simulated time once started.
 const WORKLOAD_DEADLINE: Duration = Duration::from_secs(300);
+/// After healing, how long in-flight requests get to land before the final checks.
+const SETTLE_TIME: Duration = Duration::from_secs(3);
 /// How often a client's scrubber runs a pass while the workload runs.
 const SCRUB_INTERVAL: Duration = Duration::from_millis(1500);
 
@@ -47,6 +50,8 @@ pub struct RunReport {
     pub simulated_time: Duration,
     pub operations: u64,
     pub sometimes: Sometimes,
+    /// Every operation of the run, for diagnosing a failure.
+    pub history: Vec<crate::workload::Operation>,
 }
 
 impl RunReport {
@@ -124,8 +129,9 @@ struct World {
     workload: WorkloadConfig,
 }
 
-pub fn client_options() -> ClientOptions {
+pub fn client_options(planted_bug: Option<PlantedBug>) -> ClientOptions {
     ClientOptions {
+        planted_bug,
         rpc: RpcOptions {
             connect_timeout: Duration::from_millis(300),
             request_timeout: Duration::from_millis(800),
@@ -140,8 +146,9 @@ pub fn client_options() -> ClientOptions {
     }
 }
 
-fn server_options() -> ServerOptions {
+fn server_options(planted_bug: Option<PlantedBug>) -> ServerOptions {
     ServerOptions {
+        planted_bug,
         allow_fault_injection: false,
         store: StoreOptions {
             segment_bytes: 128 * 1024,
@@ -178,7 +185,7 @@ async fn simulate(schedule: Schedule) -> RunReport {
         BANKS,
         SERVERS_PER_BANK,
         &cluster_key,
-        &server_options(),
+        &server_options(schedule.planted_bug),
         schedule.seed,
     );
     let world = Arc::new(World {
@@ -190,7 +197,7 @@ async fn simulate(schedule: Schedule) -> RunReport {
         clients: Mutex::new(Clients::default()),
         faults: Mutex::new(FaultLog::default()),
         workload: WorkloadConfig {
-            hot_keys: 6,
+            hot_keys: 3,
             cold_keys: 40,
             listed_partitions: 3,
             tasks: schedule.tasks,
@@ -239,7 +246,9 @@ async fn simulate(schedule: Schedule) -> RunReport {
             Handle::current().kill(slot.node.id());
         }
     }
-    env.sleep(Duration::from_millis(500)).await;
+    // Let requests that were queued behind a pause or a clog drain before anything is judged:
+    // a straggling write that lands after the final scrub would look like a divergent copy.
+    env.sleep(SETTLE_TIME).await;
 
     let checker_world = world.clone();
     let checker = Handle::current()
@@ -261,6 +270,9 @@ async fn simulate(schedule: Schedule) -> RunReport {
         .expect("clients lock poisoned")
         .fence_times();
     violations.extend(check_history(&operations, &fenced_at));
+    *sometimes
+        .entry("read saw an indeterminate write")
+        .or_default() += reads_of_indeterminate_writes(&operations);
 
     for operation in &operations {
         match (&operation.kind, &operation.outcome) {
@@ -284,6 +296,7 @@ async fn simulate(schedule: Schedule) -> RunReport {
         simulated_time: env.now(),
         operations: operations.len() as u64,
         sometimes,
+        history: operations,
     }
 }
 
@@ -318,7 +331,7 @@ async fn open_client(env: &SimEnv, world: &World, attempts: usize) -> Option<Quo
             env.clone(),
             placement.clone(),
             world.cluster_key.clone(),
-            client_options(),
+            client_options(world.schedule.planted_bug),
             OpenMode::Writer,
         )
         .await
@@ -392,56 +405,35 @@ fn start_client(world: &Arc<World>) {
     });
 }
 
-fn random_duration(rng: &mut SeededRng, low_ms: u64, high_ms: u64) -> Duration {
-    Duration::from_millis(low_ms + rng.below(high_ms - low_ms + 1))
-}
-
 /// Banks with an unavailability fault in force, and how many.
 type Unavailable = Arc<Mutex<BTreeMap<usize, usize>>>;
 
 async fn run_faults(world: Arc<World>) {
     let schedule = world.schedule.clone();
     let env = world.env.clone();
-    let mut rng = SeededRng::new(schedule.seed ^ 0xFA_0175);
     let unavailable: Unavailable = Arc::new(Mutex::new(BTreeMap::new()));
     let mut healers = Vec::new();
-    let mut applied = 0;
-    let mut attempts = 0;
-    while applied < schedule.faults && attempts < schedule.faults * 8 {
-        attempts += 1;
-        env.sleep(random_duration(&mut rng, 10, 200)).await;
-        let kind = schedule.enabled[rng.below(schedule.enabled.len() as u64) as usize];
-        let inside = schedule.envelope == Envelope::Inside;
-        let bank = if inside && kind.destroys_data() {
-            schedule.damage_bank
-        } else {
-            rng.below(BANKS as u64) as usize
-        };
-        if inside && kind.makes_bank_unavailable() {
+    for planned in &schedule.plan {
+        env.sleep(Duration::from_millis(planned.delay_ms)).await;
+        let mut bank = planned.bank;
+        if schedule.envelope == Envelope::Inside && planned.kind.makes_bank_unavailable() {
+            // At most one bank unavailable at a time: join the one that already is.
             let busy = unavailable.lock().expect("unavailable lock poisoned");
-            if busy
+            if let Some((other, _)) = busy
                 .iter()
-                .any(|(other, count)| *other != bank && *count > 0)
+                .find(|(other, count)| **other != bank && **count > 0)
             {
-                continue;
+                if planned.kind.destroys_data() && *other != schedule.damage_bank {
+                    continue;
+                }
+                bank = *other;
             }
         }
-        let server = bank * SERVERS_PER_BANK + rng.below(SERVERS_PER_BANK as u64) as usize;
-        let duration = random_duration(&mut rng, 30, 700);
-        let detail = apply_fault(
-            &world,
-            kind,
-            bank,
-            server,
-            duration,
-            &mut rng,
-            &unavailable,
-            &mut healers,
-        );
+        let server = bank * SERVERS_PER_BANK + planned.slot % SERVERS_PER_BANK;
+        let detail = apply_fault(&world, planned, bank, server, &unavailable, &mut healers);
         if let Some(detail) = detail {
-            applied += 1;
             world.faults.lock().expect("faults lock poisoned").record(
-                kind,
+                planned.kind,
                 env.now().as_millis(),
                 detail,
             );
@@ -459,22 +451,28 @@ fn mark_unavailable(unavailable: &Unavailable, bank: usize, delta: isize) {
 }
 
 /// Apply one fault now and schedule its healing; `None` if it could not apply.
-#[allow(clippy::too_many_arguments)]
 fn apply_fault(
     world: &Arc<World>,
-    kind: FaultKind,
+    planned: &PlannedFault,
     bank: usize,
-    server: usize,
-    duration: Duration,
-    rng: &mut SeededRng,
+    mut server: usize,
     unavailable: &Unavailable,
     healers: &mut Vec<madsim::task::JoinHandle<()>>,
 ) -> Option<String> {
+    let kind = planned.kind;
+    let duration = Duration::from_millis(planned.duration_ms);
     let net = NetSim::current();
     let mut cluster = world.cluster.lock().expect("cluster lock poisoned");
+    let busy = |cluster: &SimCluster, server: usize| {
+        cluster.servers[server].down || cluster.servers[server].paused
+    };
+    if busy(&cluster, server) {
+        // Try the bank's other server before giving up.
+        server = bank * SERVERS_PER_BANK + (server + 1) % SERVERS_PER_BANK;
+    }
+    let server_busy = busy(&cluster, server);
     let node_id = cluster.servers[server].node.id();
     let address = cluster.servers[server].address;
-    let server_busy = cluster.servers[server].down || cluster.servers[server].paused;
     let env = world.env.clone();
     let heal_later = |healers: &mut Vec<_>, heal: Box<dyn FnOnce(&World) + Send>| {
         let world = world.clone();
@@ -516,7 +514,7 @@ fn apply_fault(
             format!("server {address} down for {duration:?}")
         }
         FaultKind::BitRot => {
-            let flips = 1 + rng.below(3);
+            let flips = 1 + planned.intensity % 3;
             for _ in 0..flips {
                 cluster.servers[server].disk.flip_bit_at_rest();
             }
@@ -578,10 +576,15 @@ fn apply_fault(
             let clients = world.clients.lock().expect("clients lock poisoned");
             let client = clients.slots.iter().rev().find(|slot| slot.alive)?;
             let client_id = client.node.id();
+            // Beyond the envelope, sometimes two banks: writes then reach a single copy and
+            // stay indeterminate, which is what the read vote and write-back must handle.
+            let second_bank = (world.schedule.envelope == Envelope::Beyond
+                && planned.intensity % 2 == 1)
+                .then_some((bank + 1) % BANKS);
             let ids: Vec<_> = cluster
                 .servers
                 .iter()
-                .filter(|candidate| candidate.bank == bank)
+                .filter(|candidate| candidate.bank == bank || Some(candidate.bank) == second_bank)
                 .map(|candidate| candidate.node.id())
                 .collect();
             for id in &ids {
@@ -598,8 +601,11 @@ fn apply_fault(
                 }),
             );
             format!(
-                "client {} cut from bank {bank} for {duration:?}",
-                client.number
+                "client {} cut from bank {bank}{} for {duration:?}",
+                client.number,
+                second_bank
+                    .map(|other| format!(" and bank {other}"))
+                    .unwrap_or_default()
             )
         }
         FaultKind::PauseServer => {
@@ -619,7 +625,7 @@ fn apply_fault(
             format!("{address} paused for {duration:?}")
         }
         FaultKind::PacketLoss => {
-            let rate = 0.005 + rng.below(20) as f64 / 1000.0;
+            let rate = 0.005 + (planned.intensity % 20) as f64 / 1000.0;
             net.update_config(|config| config.packet_loss_rate = rate);
             heal_later(
                 healers,
@@ -630,7 +636,7 @@ fn apply_fault(
             format!("{rate:.3} of messages lost for {duration:?}")
         }
         FaultKind::LatencySpike => {
-            let high = 20 + rng.below(150);
+            let high = 20 + planned.intensity % 150;
             net.update_config(|config| {
                 config.send_latency = Duration::from_millis(5)..Duration::from_millis(high)
             });

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use votefs::planted::PlantedBug;
 use votefs::rng::SeededRng;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -97,17 +98,34 @@ pub enum Envelope {
     Beyond,
 }
 
-/// One schedule's shape, drawn from its seed.
+/// One fault of a plan. Targets are chosen when the plan is drawn; at run time an in-envelope
+/// schedule may redirect an unavailability fault to the bank that is already unavailable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedFault {
+    /// Simulated time after the previous fault.
+    pub delay_ms: u64,
+    pub kind: FaultKind,
+    pub bank: usize,
+    pub slot: usize,
+    /// How long a temporary fault lasts.
+    pub duration_ms: u64,
+    /// Kind-specific strength (bits flipped, loss rate, latency), drawn with the plan.
+    pub intensity: u64,
+}
+
+/// One schedule, drawn from its seed (or built by proptest).
 #[derive(Clone, Debug)]
 pub struct Schedule {
     pub seed: u64,
     pub envelope: Envelope,
     pub enabled: Vec<FaultKind>,
-    pub faults: usize,
+    pub plan: Vec<PlannedFault>,
     pub operations: u64,
     pub tasks: usize,
     /// The one bank whose servers may lose data in an in-envelope schedule.
     pub damage_bank: usize,
+    /// A deliberate bug to run with (the harness's self-test only).
+    pub planted_bug: Option<PlantedBug>,
 }
 
 /// Knobs of a sweep.
@@ -125,7 +143,7 @@ impl Default for SweepShape {
     fn default() -> Self {
         Self {
             operations: 200,
-            minimum_faults: 10,
+            minimum_faults: 12,
             maximum_faults: 24,
             beyond_envelope_every: 5,
             banks: 3,
@@ -151,14 +169,42 @@ impl Schedule {
             enabled.push(FaultKind::ALL[rng.below(FaultKind::ALL.len() as u64) as usize]);
         }
         let spread = (shape.maximum_faults - shape.minimum_faults + 1) as u64;
+        let faults = shape.minimum_faults + rng.below(spread) as usize;
+        let damage_bank = rng.below(shape.banks as u64) as usize;
+        let plan = (0..faults)
+            .map(|_| {
+                let kind = enabled[rng.below(enabled.len() as u64) as usize];
+                let bank = if envelope == Envelope::Inside && kind.destroys_data() {
+                    damage_bank
+                } else {
+                    rng.below(shape.banks as u64) as usize
+                };
+                // Beyond the envelope, some faults outlast a write's retries, so that writes
+                // fail after reaching a single copy.
+                let longest_ms = if envelope == Envelope::Beyond {
+                    4000
+                } else {
+                    700
+                };
+                PlannedFault {
+                    delay_ms: 10 + rng.below(190),
+                    kind,
+                    bank,
+                    slot: rng.below(2) as usize,
+                    duration_ms: 30 + rng.below(longest_ms - 30),
+                    intensity: rng.below(1000),
+                }
+            })
+            .collect();
         Self {
             seed,
             envelope,
             enabled,
-            faults: shape.minimum_faults + rng.below(spread) as usize,
+            plan,
             operations: shape.operations,
-            tasks: 1 + rng.below(3) as usize,
-            damage_bank: rng.below(shape.banks as u64) as usize,
+            tasks: 2 + rng.below(3) as usize,
+            damage_bank,
+            planted_bug: None,
         }
     }
 }

@@ -1,11 +1,12 @@
-//! The seed sweep: thousands of randomized fault schedules against the real replication code.
+//! The seed sweep: thousands of randomized fault schedules against the real replication code,
+//! plus the checks that the sweep itself is trustworthy (determinism, coverage, planted bugs).
 
-use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::Instant;
 
-use votefs_sim::run::{run_schedule, RunReport, Sometimes};
+use votefs::planted::PlantedBug;
+use votefs_sim::run::run_schedule;
 use votefs_sim::schedule::{Schedule, SweepShape};
+use votefs_sim::sweep::{describe_failures, sweep};
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name)
@@ -13,97 +14,77 @@ fn env_u64(name: &str) -> Option<u64> {
         .and_then(|value| value.parse().ok())
 }
 
-struct SweepResult {
-    reports: Vec<RunReport>,
-    failures: Vec<RunReport>,
-    wall_seconds: f64,
-}
+const DEFAULT_SEEDS: u64 = 2000;
+const THREADS: usize = 2;
 
-fn sweep(seeds: std::ops::Range<u64>, shape: &SweepShape, threads: usize) -> SweepResult {
-    let started = Instant::now();
-    let next = Mutex::new(seeds.start);
-    let reports = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| loop {
-                let seed = {
-                    let mut next = next.lock().unwrap();
-                    if *next >= seeds.end {
-                        return;
-                    }
-                    *next += 1;
-                    *next - 1
-                };
-                let schedule = Schedule::from_seed(seed, shape);
-                let report =
-                    std::panic::catch_unwind(|| run_schedule(&schedule)).unwrap_or_else(|panic| {
-                        let message = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|text| text.to_string()))
-                            .unwrap_or_default();
-                        RunReport {
-                            schedule: schedule.clone(),
-                            violations: vec![format!("the simulation panicked: {message}")],
-                            faults: Default::default(),
-                            trace_hash: 0,
-                            trace_events: 0,
-                            simulated_time: Default::default(),
-                            operations: 0,
-                            sometimes: Sometimes::new(),
-                        }
-                    });
-                reports.lock().unwrap().push(report);
-            });
-        }
-    });
-    let mut reports = reports.into_inner().unwrap();
-    reports.sort_by_key(|report| report.schedule.seed);
-    let failures = reports
-        .iter()
-        .filter(|report| !report.passed())
-        .cloned()
-        .collect();
-    SweepResult {
-        reports,
-        failures,
-        wall_seconds: started.elapsed().as_secs_f64(),
-    }
-}
+fn quiet(_: usize, _: usize) {}
 
 #[test]
 fn seed_sweep() {
-    let seeds = env_u64("VOTEFS_SIM_SEEDS").unwrap_or(2000);
+    let seeds = env_u64("VOTEFS_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS);
     let start = env_u64("VOTEFS_SIM_SEED_START").unwrap_or(0);
-    let shape = SweepShape::default();
-    let result = sweep(start..start + seeds, &shape, 2);
-    let mut sometimes: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut simulated = 0f64;
-    for report in &result.reports {
-        for (name, count) in &report.sometimes {
-            *sometimes.entry(name).or_default() += count;
-        }
-        simulated += report.simulated_time.as_secs_f64();
-    }
-    eprintln!(
-        "sweep: {} schedules in {:.1} s ({:.1}/s), simulated {:.0} s ({:.0}x wall time)",
-        result.reports.len(),
-        result.wall_seconds,
-        result.reports.len() as f64 / result.wall_seconds,
-        simulated,
-        simulated / result.wall_seconds
+    let result = sweep(
+        start..start + seeds,
+        &SweepShape::default(),
+        None,
+        THREADS,
+        false,
+        &quiet,
     );
-    for (name, count) in &sometimes {
-        eprintln!("  {count:>8}  {name}");
-    }
-    for failure in &result.failures {
-        eprintln!("{}", failure.describe_failure());
-    }
+    eprintln!("sweep: {}", result.summary());
     assert!(
-        result.failures.is_empty(),
-        "{} schedules failed",
-        result.failures.len()
+        result.failures().is_empty(),
+        "{} schedules failed:\n{}",
+        result.failures().len(),
+        describe_failures(&result)
     );
+    assert!(
+        result.reports.iter().all(|report| report.operations >= 200),
+        "every schedule runs at least 200 operations"
+    );
+    if seeds >= DEFAULT_SEEDS {
+        let missing = result.never_happened();
+        assert!(missing.is_empty(), "the sweep never exercised: {missing:?}");
+    }
+    // Determinism: a sample of seeds re-run must produce the same trace of every message and
+    // disk operation.
+    for report in result.reports.iter().step_by(97) {
+        let again = run_schedule(&report.schedule);
+        assert_eq!(
+            (again.trace_hash, again.trace_events),
+            (report.trace_hash, report.trace_events),
+            "seed {} is not deterministic",
+            report.schedule.seed
+        );
+    }
+}
+
+/// Each planted bug must make the sweep fail within the default seed budget.
+#[test]
+fn planted_bugs_are_caught() {
+    for bug in PlantedBug::ALL {
+        let result = sweep(
+            0..DEFAULT_SEEDS,
+            &SweepShape::default(),
+            Some(bug),
+            THREADS,
+            true,
+            &quiet,
+        );
+        let failures = result.failures();
+        let first = failures.first().map(|report| report.schedule.seed);
+        eprintln!(
+            "planted {bug:?}: caught by seed {first:?} after {} schedules: {:?}",
+            result.reports.len(),
+            failures
+                .first()
+                .and_then(|report| report.violations.first())
+        );
+        assert!(
+            first.is_some(),
+            "the sweep did not catch the planted bug {bug:?}"
+        );
+    }
 }
 
 /// Replay one seed exactly: `VOTEFS_SIM_SEED=S` (default 0), with `VOTEFS_SIM_TRACE=FILE` for the
@@ -122,7 +103,17 @@ fn replay_one_seed() {
             .with_ansi(false)
             .try_init();
     }
-    let schedule = Schedule::from_seed(seed, &SweepShape::default());
+    let mut schedule = Schedule::from_seed(seed, &SweepShape::default());
+    // VOTEFS_SIM_PLANTED=SkipWriteBack (etc.) replays a planted-bug failure.
+    if let Ok(name) = std::env::var("VOTEFS_SIM_PLANTED") {
+        schedule.planted_bug = PlantedBug::ALL
+            .into_iter()
+            .find(|bug| format!("{bug:?}") == name);
+        assert!(
+            schedule.planted_bug.is_some(),
+            "no planted bug is called {name}"
+        );
+    }
     let first = run_schedule(&schedule);
     let second = run_schedule(&schedule);
     assert_eq!(
