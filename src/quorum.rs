@@ -30,6 +30,10 @@ pub struct ClientOptions {
     pub heal_interval: Duration,
     /// Entries kept in the heal backlog; beyond it only a scrub pass can find the gaps.
     pub backlog_capacity: usize,
+    /// The volume this client expects. With it, a cluster whose servers are all blank (every copy
+    /// lost) is an error instead of a fresh, empty volume, and a server of another volume is
+    /// refused.
+    pub expected_volume: Option<VolumeId>,
     /// Only the simulator's self-test sets this (see [`crate::planted`]).
     pub planted_bug: Option<PlantedBug>,
 }
@@ -42,6 +46,7 @@ impl Default for ClientOptions {
             retry_delay: Duration::from_millis(50),
             heal_interval: Duration::from_secs(1),
             backlog_capacity: 1_000_000,
+            expected_volume: None,
             planted_bug: None,
         }
     }
@@ -517,6 +522,21 @@ impl<E: Env> QuorumClient<E> {
             )));
         }
         let existing = volumes.into_iter().next();
+        if let Some(expected) = inner.options.expected_volume {
+            match existing {
+                Some(found) if found != expected => {
+                    return Err(QuorumError::Volume(format!(
+                        "the servers hold volume {found:032x}, not the expected {expected:032x}"
+                    )))
+                }
+                None => {
+                    return Err(QuorumError::Volume(format!(
+                        "volume {expected:032x} is gone: every reachable server is blank; refusing to create a new volume in its place"
+                    )))
+                }
+                Some(_) => {}
+            }
+        }
         if !committed {
             // A new volume, or a format that a crash interrupted before it was committed: no
             // client ever wrote to it, so blank servers are simply formatted (not recovering).

@@ -96,8 +96,20 @@ pub async fn scrub_pass<E: Env>(client: &QuorumClient<E>) -> Result<ScrubReport,
         }
     }
     if report.servers_unreachable.is_empty() {
+        // A key a recovering server acknowledged and lost is found only through another owner
+        // that kept it. With W a majority of banks, some owner in another bank acknowledged it
+        // too; if every server outside this one's bank is healthy, that owner listed it. If not,
+        // the key may be gone from every server that can list it: the server must stay
+        // recovering (and reads answer EIO rather than a confident "not found").
+        let recovering_banks: BTreeSet<u32> = recovering
+            .keys()
+            .map(|server| placement.member(*server).bank)
+            .collect();
         for (server, generation) in recovering {
-            if stuck_servers.contains(&server) {
+            let bank = placement.member(server).bank;
+            if stuck_servers.contains(&server)
+                || recovering_banks.iter().any(|other| *other != bank)
+            {
                 continue;
             }
             let request = Request::MarkHealthy {

@@ -29,7 +29,7 @@ use crate::workload::{checked_read, run_task, History, OperationKind, Outcome, W
 
 const BANKS: usize = 3;
 const SERVERS_PER_BANK: usize = 2;
-const MAXIMUM_CLIENTS: u64 = 5;
+const MAXIMUM_CLIENTS: u64 = 6;
 /// The workload must finish within this much simulated time once started.
 const WORKLOAD_DEADLINE: Duration = Duration::from_secs(300);
 /// After healing, how long in-flight requests get to land before the final checks.
@@ -127,6 +127,8 @@ struct World {
     clients: Mutex<Clients>,
     faults: Mutex<FaultLog>,
     workload: WorkloadConfig,
+    /// The volume the first client formatted; every later client expects it.
+    volume: Mutex<Option<u128>>,
 }
 
 pub fn client_options(planted_bug: Option<PlantedBug>) -> ClientOptions {
@@ -143,6 +145,7 @@ pub fn client_options(planted_bug: Option<PlantedBug>) -> ClientOptions {
         retry_delay: Duration::from_millis(20),
         heal_interval: Duration::from_millis(300),
         backlog_capacity: 10_000,
+        expected_volume: None,
     }
 }
 
@@ -203,6 +206,7 @@ async fn simulate(schedule: Schedule) -> RunReport {
             tasks: schedule.tasks,
         },
         schedule: schedule.clone(),
+        volume: Mutex::new(None),
     });
     // Let the servers come up before the first client knocks.
     env.sleep(Duration::from_millis(50)).await;
@@ -327,16 +331,25 @@ async fn open_client(env: &SimEnv, world: &World, attempts: usize) -> Option<Quo
         .placement
         .clone();
     for _attempt in 0..attempts {
+        let mut options = client_options(world.schedule.planted_bug);
+        options.expected_volume = *world.volume.lock().expect("volume lock poisoned");
         match QuorumClient::open(
             env.clone(),
             placement.clone(),
             world.cluster_key.clone(),
-            client_options(world.schedule.planted_bug),
+            options,
             OpenMode::Writer,
         )
         .await
         {
-            Ok(client) => return Some(client),
+            Ok(client) => {
+                world
+                    .volume
+                    .lock()
+                    .expect("volume lock poisoned")
+                    .get_or_insert(client.volume());
+                return Some(client);
+            }
             Err(error) => {
                 tracing::debug!(%error, "client open failed; retrying");
                 env.sleep(Duration::from_millis(200)).await;
@@ -413,7 +426,11 @@ async fn run_faults(world: Arc<World>) {
     let env = world.env.clone();
     let unavailable: Unavailable = Arc::new(Mutex::new(BTreeMap::new()));
     let mut healers = Vec::new();
+    let mut applied = 0;
     for planned in &schedule.plan {
+        if applied >= schedule.faults {
+            break;
+        }
         env.sleep(Duration::from_millis(planned.delay_ms)).await;
         let mut bank = planned.bank;
         if schedule.envelope == Envelope::Inside && planned.kind.makes_bank_unavailable() {
@@ -432,6 +449,7 @@ async fn run_faults(world: Arc<World>) {
         let server = bank * SERVERS_PER_BANK + planned.slot % SERVERS_PER_BANK;
         let detail = apply_fault(&world, planned, bank, server, &unavailable, &mut healers);
         if let Some(detail) = detail {
+            applied += 1;
             world.faults.lock().expect("faults lock poisoned").record(
                 planned.kind,
                 env.now().as_millis(),

@@ -120,6 +120,9 @@ pub struct Schedule {
     pub envelope: Envelope,
     pub enabled: Vec<FaultKind>,
     pub plan: Vec<PlannedFault>,
+    /// Faults to apply; the plan holds spares for faults that cannot apply when their turn comes
+    /// (their server is already down, say).
+    pub faults: usize,
     pub operations: u64,
     pub tasks: usize,
     /// The one bank whose servers may lose data in an in-envelope schedule.
@@ -171,7 +174,7 @@ impl Schedule {
         let spread = (shape.maximum_faults - shape.minimum_faults + 1) as u64;
         let faults = shape.minimum_faults + rng.below(spread) as usize;
         let damage_bank = rng.below(shape.banks as u64) as usize;
-        let plan = (0..faults)
+        let plan = (0..faults * 2)
             .map(|_| {
                 let kind = enabled[rng.below(enabled.len() as u64) as usize];
                 let bank = if envelope == Envelope::Inside && kind.destroys_data() {
@@ -201,6 +204,7 @@ impl Schedule {
             envelope,
             enabled,
             plan,
+            faults,
             operations: shape.operations,
             tasks: 2 + rng.below(3) as usize,
             damage_bank,

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use votefs::planted::PlantedBug;
 use votefs_sim::run::run_schedule;
-use votefs_sim::schedule::{Schedule, SweepShape};
+use votefs_sim::schedule::{Envelope, Schedule, SweepShape};
 use votefs_sim::sweep::{describe_failures, sweep};
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -38,9 +38,17 @@ fn seed_sweep() {
         result.failures().len(),
         describe_failures(&result)
     );
+    // Beyond the envelope a volume may become unusable (no epoch can be taken), so only
+    // in-envelope schedules must have run their whole workload.
+    let short: Vec<u64> = result
+        .reports
+        .iter()
+        .filter(|report| report.schedule.envelope == Envelope::Inside && report.operations < 200)
+        .map(|report| report.schedule.seed)
+        .collect();
     assert!(
-        result.reports.iter().all(|report| report.operations >= 200),
-        "every schedule runs at least 200 operations"
+        short.is_empty(),
+        "schedules that ran fewer than 200 operations: {short:?}"
     );
     if seeds >= DEFAULT_SEEDS {
         let missing = result.never_happened();
