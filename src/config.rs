@@ -36,11 +36,8 @@ pub struct ClusterConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
     #[error("{path} is not a valid cluster file: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{0}")]
@@ -68,7 +65,7 @@ impl ClusterConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            reason: source.to_string(),
         })?;
         Self::parse(path, &text)
     }
@@ -108,7 +105,7 @@ pub fn load_key_file(path: &Path) -> Result<ClusterKey, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let metadata = std::fs::metadata(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason: source.to_string(),
     })?;
     let mode = metadata.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -120,7 +117,7 @@ pub fn load_key_file(path: &Path) -> Result<ClusterKey, ConfigError> {
     }
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason: source.to_string(),
     })?;
     ClusterKey::from_hex(&text).map_err(|message| {
         ConfigError::Invalid(format!(

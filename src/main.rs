@@ -247,13 +247,14 @@ async fn run_server(
         segments = report.segments,
         "recovered the record store"
     );
+    // Install the handler before announcing readiness, so that a SIGTERM right after the line
+    // below still stops the server cleanly.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
     // Tests and launchers wait for this line instead of sleeping.
     println!("votefs server listening on {address}");
     std::io::stdout().flush()?;
-    let shutdown = async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing a SIGTERM handler");
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}

@@ -357,6 +357,9 @@ impl<E: Env> Inner<E> {
                 Ok(other) => Answer::Failed(format!("unexpected answer {other:?}")),
                 Err(RpcError::Unreachable(why)) => {
                     answer = Answer::Failed(why);
+                    // A restarted server is reached by reconnecting, once the link's backoff after
+                    // the failed connection has passed.
+                    self.env.sleep(self.options.rpc.reconnect_backoff).await;
                     continue;
                 }
                 Err(error) => Answer::Failed(error.to_string()),
@@ -694,11 +697,9 @@ impl<E: Env> QuorumClient<E> {
                 self.inner.add_to_backlog(server, &key);
                 continue;
             }
-            match self.read_record_from(&key, true).await {
-                Ok(_) => {
-                    healed += 1;
-                }
-                Err(_) => {
+            match self.repair_key(&key).await {
+                Ok((_, stuck)) if !stuck.contains(&server) => healed += 1,
+                _ => {
                     servers_down.insert(server);
                     self.inner.add_to_backlog(server, &key);
                 }
@@ -909,16 +910,12 @@ impl<E: Env> QuorumClient<E> {
     /// The winning record of `key` (tombstones included), after write-back.
     pub async fn read_record(&self, key: &[u8]) -> Result<Option<Record>, QuorumError> {
         validate_key(key).map_err(QuorumError::Invalid)?;
-        self.read_record_from(key, false).await
+        self.read_record_from(key).await
     }
 
-    /// Vote over the owners' copies of `key`. With `wait_for_all`, every owner's answer is awaited
-    /// (the healer uses it, so that every lagging copy is repaired in one go).
-    async fn read_record_from(
-        &self,
-        key: &[u8],
-        wait_for_all: bool,
-    ) -> Result<Option<Record>, QuorumError> {
+    /// Vote over the owners' copies of `key`: decide on the first quorum of valid answers, write
+    /// the winner back if fewer than a quorum hold it, repair the rest in the background.
+    async fn read_record_from(&self, key: &[u8]) -> Result<Option<Record>, QuorumError> {
         let inner = &self.inner;
         let owners = inner.placement.owners(key);
         let quorum = inner.placement.quorum();
@@ -945,9 +942,6 @@ impl<E: Env> QuorumClient<E> {
         while let Some(answer) = receiver.recv().await {
             answers.push(answer);
             let all_in = answers.len() == owners.len();
-            if wait_for_all && !all_in {
-                continue;
-            }
             decision = tally(&answers, vote_quorum, all_in);
             if !matches!(decision, Tally::Undecided) {
                 break;

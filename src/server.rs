@@ -184,7 +184,9 @@ impl<E: Env, D: Disk> Server<E, D> {
             }
         }
         let response = self.handle_fresh(request).await;
-        if mutating && !matches!(response, Response::Failed(_)) {
+        // Remember only answers that settle the request: a failure may succeed on retry, and a
+        // blank server becomes a member (Join) before the same request is sent again.
+        if mutating && !matches!(response, Response::Failed(_) | Response::Blank) {
             self.duplicates
                 .lock()
                 .expect("duplicate window lock poisoned")
@@ -256,15 +258,14 @@ impl<E: Env, D: Disk> Server<E, D> {
                 member,
                 epoch,
             } => {
-                if meta.volume == Some(volume) && meta.member == Some(member) {
-                    return Response::Done;
-                }
-                if meta.volume.is_some() {
-                    return Response::Refused("this server already belongs to a volume".into());
-                }
-                match self
+                // Decide inside the meta update: concurrent Joins must count as one loss, not one
+                // recovery generation each.
+                let result = self
                     .store
                     .update_meta(|meta| {
+                        if meta.volume.is_some() {
+                            return false;
+                        }
                         meta.volume = Some(volume);
                         meta.member = Some(member);
                         meta.recovering = true;
@@ -273,9 +274,12 @@ impl<E: Env, D: Disk> Server<E, D> {
                         meta.promised_epoch = meta.promised_epoch.max(epoch);
                         true
                     })
-                    .await
-                {
-                    Ok(_) => Response::Done,
+                    .await;
+                match result {
+                    Ok(meta) if meta.volume == Some(volume) && meta.member == Some(member) => {
+                        Response::Done
+                    }
+                    Ok(_) => Response::Refused("this server already belongs to a volume".into()),
                     Err(error) => self.fail(error),
                 }
             }
@@ -591,9 +595,23 @@ impl<E: Env, D: Disk> Server<E, D> {
             let hello = read_frame(&mut reader).await?;
             decode_hello(&hello)
         };
-        let client_nonce = timeout(&self.env, self.options.handshake_timeout, handshake)
-            .await
-            .map_err(|_| FrameError::Malformed("no hello in time".into()))??;
+        let client_nonce = match timeout(&self.env, self.options.handshake_timeout, handshake).await
+        {
+            Ok(Ok(nonce)) => nonce,
+            Ok(Err(FrameError::Closed)) => return Err(FrameError::Closed),
+            Ok(Err(error)) => {
+                self.counters
+                    .rejected_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+            Err(_) => {
+                self.counters
+                    .rejected_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(FrameError::Malformed("no hello in time".into()));
+            }
+        };
         let mut inbound = FrameCodec::new(
             self.cluster_key.clone(),
             Direction::ClientToServer,
@@ -640,13 +658,24 @@ impl<E: Env, D: Disk> Server<E, D> {
         });
         let permits = Arc::new(Semaphore::new(capacity));
         loop {
-            let frame = timeout(
+            let frame = match timeout(
                 &self.env,
                 self.options.idle_timeout,
                 read_frame(&mut reader),
             )
             .await
-            .map_err(|_| FrameError::Malformed("idle timeout".into()))??;
+            {
+                Ok(Ok(frame)) => frame,
+                Ok(Err(FrameError::Closed)) => return Err(FrameError::Closed),
+                Ok(Err(error)) => {
+                    // Oversized, truncated or unreadable: hostile or broken, counted either way.
+                    self.counters
+                        .rejected_frames
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Err(error);
+                }
+                Err(_) => return Err(FrameError::Malformed("idle timeout".into())),
+            };
             let (request_id, request) = match inbound.open::<Request>(&frame) {
                 Ok(opened) => opened,
                 Err(error) => {

@@ -564,11 +564,12 @@ impl<D: Disk> Store<D> {
                     return Ok(PutOutcome::HaveNewer(*version));
                 }
                 if *version == record.version {
-                    if *tag != record.tag {
-                        return Ok(PutOutcome::Conflict);
-                    }
                     if repair {
+                        // The writer found this copy bad end to end (the incoming record's tag,
+                        // checked by the server, is what counts): replace it.
                         None
+                    } else if *tag != record.tag {
+                        return Ok(PutOutcome::Conflict);
                     } else {
                         // Idempotent: the same record is already here (perhaps not yet durable).
                         Some(*location)

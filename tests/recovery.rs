@@ -179,7 +179,6 @@ async fn corrupt_copies_are_caught_and_repaired() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a repair cannot replace an injected-corrupt copy of an empty value (Store::put answers Conflict)"]
 async fn a_corrupt_copy_of_an_empty_value_is_repaired() {
     let cluster = TestCluster::start_with_fault_injection();
     let client = cluster.client().await;
@@ -443,7 +442,6 @@ async fn an_emptied_server_never_votes_absent_or_old() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a Put answered Blank is remembered as a duplicate, so the retry after Join gets Blank again and the copy is never written"]
 async fn read_repair_reaches_a_server_restarted_empty() {
     let mut cluster = TestCluster::start_default();
     let client = cluster.client().await;
@@ -479,7 +477,6 @@ async fn read_repair_reaches_a_server_restarted_empty() {
 }
 
 #[tokio::test]
-#[ignore = "bug: concurrent Joins each pass the membership check on a stale snapshot and each bump recovery_generation"]
 async fn concurrent_joins_are_one_loss() {
     let mut cluster = TestCluster::start_default();
     let client = cluster.client().await;

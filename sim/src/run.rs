@@ -427,11 +427,18 @@ async fn run_faults(world: Arc<World>) {
     let unavailable: Unavailable = Arc::new(Mutex::new(BTreeMap::new()));
     let mut healers = Vec::new();
     let mut applied = 0;
-    for planned in &schedule.plan {
+    let started = env.now();
+    let mut plan = schedule.plan.clone();
+    plan.sort_by_key(|planned| planned.at_ms);
+    for planned in &plan {
         if applied >= schedule.faults {
             break;
         }
-        env.sleep(Duration::from_millis(planned.delay_ms)).await;
+        let due = started + Duration::from_millis(planned.at_ms);
+        let now = env.now();
+        if due > now {
+            env.sleep(due - now).await;
+        }
         let mut bank = planned.bank;
         if schedule.envelope == Envelope::Inside && planned.kind.makes_bank_unavailable() {
             // At most one bank unavailable at a time: join the one that already is.

@@ -102,8 +102,9 @@ pub enum Envelope {
 /// schedule may redirect an unavailability fault to the bank that is already unavailable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedFault {
-    /// Simulated time after the previous fault.
-    pub delay_ms: u64,
+    /// Simulated time from the start of the workload. Absolute, so that removing one fault (when
+    /// proptest shrinks a plan) does not move the others.
+    pub at_ms: u64,
     pub kind: FaultKind,
     pub bank: usize,
     pub slot: usize,
@@ -174,8 +175,10 @@ impl Schedule {
         let spread = (shape.maximum_faults - shape.minimum_faults + 1) as u64;
         let faults = shape.minimum_faults + rng.below(spread) as usize;
         let damage_bank = rng.below(shape.banks as u64) as usize;
+        let mut at_ms = 0;
         let plan = (0..faults * 2)
             .map(|_| {
+                at_ms += 10 + rng.below(190);
                 let kind = enabled[rng.below(enabled.len() as u64) as usize];
                 let bank = if envelope == Envelope::Inside && kind.destroys_data() {
                     damage_bank
@@ -190,7 +193,7 @@ impl Schedule {
                     700
                 };
                 PlannedFault {
-                    delay_ms: 10 + rng.below(190),
+                    at_ms,
                     kind,
                     bank,
                     slot: rng.below(2) as usize,
