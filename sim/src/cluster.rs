@@ -159,8 +159,9 @@ async fn run_server(
     // Bounded only by the node's life: a killed node ends this loop.
     loop {
         match Server::open(env.clone(), disk.clone(), key.clone(), options.clone()).await {
-            Ok((server, _report)) => match votefs::env::Env::bind(&env, address).await {
+            Ok((server, report)) => match votefs::env::Env::bind(&env, address).await {
                 Ok(listener) => {
+                    disk.note_recovery(&report);
                     if let Err(error) = server.serve(listener, std::future::pending()).await {
                         tracing::error!(%error, "simulated server stopped; restarting it");
                     }

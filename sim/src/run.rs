@@ -287,6 +287,14 @@ async fn simulate(schedule: Schedule) -> RunReport {
             _ => {}
         }
     }
+    for server in &world.cluster.lock().expect("cluster lock poisoned").servers {
+        let counters = server.disk.counters();
+        *sometimes.entry("server: torn tail truncated").or_default() +=
+            counters.torn_tails_truncated;
+        *sometimes
+            .entry("server: log damage found at start")
+            .or_default() += counters.damaged_recoveries;
+    }
     let faults = world.faults.lock().expect("faults lock poisoned").clone();
     for (kind, count) in &faults.by_kind {
         *sometimes.entry(fault_counter_name(*kind)).or_default() += count;
@@ -782,8 +790,7 @@ async fn final_checks(world: Arc<World>) -> (Vec<String>, Sometimes) {
             *sometimes
                 .entry("server: duplicate request detected")
                 .or_default() += stats.duplicate_requests;
-            *sometimes.entry("server: torn tail truncated").or_default() +=
-                u64::from(stats.torn_tail_bytes_truncated > 0);
+
             *sometimes.entry("server: corrupt entry found").or_default() +=
                 stats.corrupt_entries_seen;
             *sometimes

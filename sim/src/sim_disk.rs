@@ -34,6 +34,10 @@ pub struct DiskCounters {
     pub lost_unsynced_bytes: u64,
     pub wipes: u64,
     pub syncs: u64,
+    /// Recoveries of the store on this disk that truncated a torn tail.
+    pub torn_tails_truncated: u64,
+    /// Recoveries that found damage and made the server recovering.
+    pub damaged_recoveries: u64,
 }
 
 #[derive(Clone, Default)]
@@ -156,6 +160,17 @@ impl SimDisk {
         self.trace
             .record(&[b"rot", name.as_bytes(), &(offset as u64).to_le_bytes()]);
         true
+    }
+
+    /// Note what the store's recovery on this disk found (the supervisor reports it).
+    pub fn note_recovery(&self, report: &votefs::store::RecoveryReport) {
+        let mut state = self.lock();
+        if report.torn_tail_bytes > 0 {
+            state.counters.torn_tails_truncated += 1;
+        }
+        if report.damaged_regions > 0 {
+            state.counters.damaged_recoveries += 1;
+        }
     }
 
     /// Total stored bytes, for reports.

@@ -24,6 +24,7 @@ pub const REQUIRED_SOMETIMES: &[&str] = &[
     "scrub: recovering server made healthy",
     "server: duplicate request detected",
     "server: torn tail truncated",
+    "server: log damage found at start",
     "server: corrupt entry found",
     "server: compaction moved entries",
 ];
