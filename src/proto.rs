@@ -89,6 +89,7 @@ pub enum Request {
     },
     Get {
         volume: VolumeId,
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     Put {
@@ -193,6 +194,7 @@ pub struct ServerStats {
 /// One key in a listing: enough to vote without moving values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListEntry {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: Version,
     pub tombstone: bool,
@@ -202,6 +204,7 @@ pub struct ListEntry {
 /// One key in a dump, for operators.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DumpEntry {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: Version,
     pub tombstone: bool,

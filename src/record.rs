@@ -107,9 +107,13 @@ pub type Tag = [u8; TAG_BYTES];
 /// `key → (version, tombstone?, value, tag)`.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
+    // As byte strings, not sequences of single bytes: serde would otherwise visit a value byte by
+    // byte, which cost ~40 % of the CPU of a 1 MiB put.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub version: Version,
     pub tombstone: bool,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub tag: Tag,
 }
