@@ -913,6 +913,26 @@ impl<E: Env> QuorumClient<E> {
         self.read_record_from(key).await
     }
 
+    /// Ask every owner for its copy of `key` at once; answers arrive as they come.
+    fn ask_owners(
+        &self,
+        key: &[u8],
+        owners: &[ServerIndex],
+    ) -> mpsc::Receiver<(ServerIndex, Answer)> {
+        let (sender, receiver) = mpsc::channel(owners.len().max(1));
+        for owner in owners {
+            let inner = self.inner.clone();
+            let sender = sender.clone();
+            let owner = *owner;
+            let key = key.to_vec();
+            self.inner.env.spawn(async move {
+                let answer = inner.get_from(owner, &key).await;
+                let _ = sender.send((owner, answer)).await;
+            });
+        }
+        receiver
+    }
+
     /// Vote over the owners' copies of `key`: decide on the first quorum of valid answers, write
     /// the winner back if fewer than a quorum hold it, repair the rest in the background.
     async fn read_record_from(&self, key: &[u8]) -> Result<Option<Record>, QuorumError> {
@@ -925,18 +945,7 @@ impl<E: Env> QuorumClient<E> {
         } else {
             quorum
         };
-        let (sender, mut receiver) = mpsc::channel(owners.len());
-        for owner in &owners {
-            let inner = inner.clone();
-            let sender = sender.clone();
-            let owner = *owner;
-            let key = key.to_vec();
-            self.inner.env.spawn(async move {
-                let answer = inner.get_from(owner, &key).await;
-                let _ = sender.send((owner, answer)).await;
-            });
-        }
-        drop(sender);
+        let mut receiver = self.ask_owners(key, &owners);
         let mut answers: Vec<(ServerIndex, Answer)> = Vec::with_capacity(owners.len());
         let mut decision = Tally::Undecided;
         while let Some(answer) = receiver.recv().await {
@@ -1053,18 +1062,7 @@ impl<E: Env> QuorumClient<E> {
         self.inner.check_writable()?;
         let inner = &self.inner;
         let owners = inner.placement.owners(key);
-        let (sender, mut receiver) = mpsc::channel(owners.len());
-        for owner in &owners {
-            let inner = inner.clone();
-            let sender = sender.clone();
-            let owner = *owner;
-            let key = key.to_vec();
-            inner.env.clone().spawn(async move {
-                let answer = inner.get_from(owner, &key).await;
-                let _ = sender.send((owner, answer)).await;
-            });
-        }
-        drop(sender);
+        let mut receiver = self.ask_owners(key, &owners);
         let mut answers = Vec::with_capacity(owners.len());
         while let Some(answer) = receiver.recv().await {
             answers.push(answer);

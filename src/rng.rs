@@ -57,18 +57,25 @@ impl SeededRng {
 /// A stable 64-bit hash (FNV-1a with a final avalanche). Placement depends on it, so it must never
 /// change between releases: data would move.
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut state = fnv1a_extend(FNV_OFFSET_BASIS, parts);
+    splitmix64(&mut state)
+}
+
+/// The FNV-1a starting state.
+pub const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Continue an FNV-1a hash over `parts`, each followed by a separator so that ("ab", "c") and
+/// ("a", "bc") differ.
+pub fn fnv1a_extend(mut hash: u64, parts: &[&[u8]]) -> u64 {
     for part in parts {
         for byte in part.iter() {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
         }
-        // Separate parts so that ("ab", "c") and ("a", "bc") differ.
         hash ^= 0xFF;
         hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
     }
-    let mut state = hash;
-    splitmix64(&mut state)
+    hash
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use votefs::rng::{fnv1a_extend, FNV_OFFSET_BASIS};
+
 /// Shared by every node of one simulation.
 #[derive(Clone, Default)]
 pub struct Trace {
@@ -17,16 +19,9 @@ impl Trace {
     pub fn record(&self, parts: &[&[u8]]) {
         let mut hash = self.hash.load(Ordering::Relaxed);
         if hash == 0 {
-            hash = 0xcbf2_9ce4_8422_2325;
+            hash = FNV_OFFSET_BASIS;
         }
-        for part in parts {
-            for byte in part.iter() {
-                hash ^= u64::from(*byte);
-                hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
-            }
-            hash ^= 0xFF;
-            hash = hash.wrapping_mul(0x0000_0100_0000_01B3);
-        }
+        hash = fnv1a_extend(hash, parts);
         // madsim runs one task at a time, so load-then-store cannot interleave.
         self.hash.store(hash, Ordering::Relaxed);
         self.events.fetch_add(1, Ordering::Relaxed);
