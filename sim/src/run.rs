@@ -75,9 +75,14 @@ impl RunReport {
         for entry in &self.faults.entries {
             text.push_str(&format!("    {entry}\n"));
         }
+        let planted = self
+            .schedule
+            .planted_bug
+            .map(|bug| format!("VOTEFS_SIM_PLANTED={bug:?} "))
+            .unwrap_or_default();
         text.push_str(&format!(
-            "  replay: VOTEFS_SIM_SEED={} cargo test -p votefs-sim --test sweep -- replay_one_seed --nocapture\n  trace:  VOTEFS_SIM_SEED={} VOTEFS_SIM_TRACE=trace.log cargo test -p votefs-sim --test sweep -- replay_one_seed --nocapture\n",
-            self.schedule.seed, self.schedule.seed
+            "  replay: {planted}VOTEFS_SIM_SEED={seed} cargo test -p votefs-sim --test sweep -- replay_one_seed --nocapture\n  trace:  {planted}VOTEFS_SIM_SEED={seed} VOTEFS_SIM_TRACE=trace.log cargo test -p votefs-sim --test sweep -- replay_one_seed --nocapture\n",
+            seed = self.schedule.seed
         ));
         text
     }
@@ -255,16 +260,17 @@ async fn simulate(schedule: Schedule) -> RunReport {
     env.sleep(SETTLE_TIME).await;
 
     let checker_world = world.clone();
-    let checker = Handle::current()
+    let checker_node = Handle::current()
         .create_node()
         .name("checker")
         .ip(IpAddr::V4(Ipv4Addr::new(10, 2, 0, 1)))
-        .build()
-        .spawn(async move { final_checks(checker_world).await });
+        .build();
+    let checker = checker_node.spawn(async move { final_checks(checker_world).await });
     let (final_violations, mut sometimes) = match checker.await {
         Ok(result) => result,
         Err(error) => (vec![format!("the checker died: {error}")], Sometimes::new()),
     };
+    Handle::current().kill(checker_node.id());
     violations.extend(final_violations);
 
     let operations = world.history.snapshot();
@@ -296,6 +302,27 @@ async fn simulate(schedule: Schedule) -> RunReport {
             .or_default() += counters.damaged_recoveries;
     }
     let faults = world.faults.lock().expect("faults lock poisoned").clone();
+    // The world holds node handles and the nodes' tasks hold the world: break the cycle, or every
+    // schedule's disks stay in memory after its runtime is gone.
+    {
+        let mut cluster = world.cluster.lock().expect("cluster lock poisoned");
+        // madsim keeps a finished runtime's nodes (and their disks) alive; drop the bytes at least.
+        for server in &cluster.servers {
+            server.disk.release_memory();
+            // Killing a node drops its tasks (and the buffers they hold).
+            Handle::current().kill(server.node.id());
+        }
+        cluster.servers.clear();
+    }
+    for slot in world
+        .clients
+        .lock()
+        .expect("clients lock poisoned")
+        .slots
+        .drain(..)
+    {
+        Handle::current().kill(slot.node.id());
+    }
     for (kind, count) in &faults.by_kind {
         *sometimes.entry(fault_counter_name(*kind)).or_default() += count;
     }
