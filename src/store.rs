@@ -1129,6 +1129,79 @@ mod tests {
         files
     }
 
+    /// A disk whose syncs fail, as after a write-back error the kernel reported once.
+    struct FailingSyncDisk {
+        inner: FileDisk,
+    }
+
+    impl Disk for FailingSyncDisk {
+        fn list(&self) -> impl std::future::Future<Output = std::io::Result<Vec<String>>> + Send {
+            self.inner.list()
+        }
+        fn read_at(
+            &self,
+            name: &str,
+            offset: u64,
+            length: usize,
+        ) -> impl std::future::Future<Output = std::io::Result<Vec<u8>>> + Send {
+            self.inner.read_at(name, offset, length)
+        }
+        fn size(
+            &self,
+            name: &str,
+        ) -> impl std::future::Future<Output = std::io::Result<u64>> + Send {
+            self.inner.size(name)
+        }
+        fn append(
+            &self,
+            name: &str,
+            bytes: &[u8],
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.append(name, bytes)
+        }
+        async fn sync(&self, _name: &str) -> std::io::Result<()> {
+            Err(std::io::Error::other("simulated EIO on fsync"))
+        }
+        fn truncate(
+            &self,
+            name: &str,
+            length: u64,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.truncate(name, length)
+        }
+        fn remove(
+            &self,
+            name: &str,
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.remove(name)
+        }
+        fn write_atomic(
+            &self,
+            name: &str,
+            bytes: &[u8],
+        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+            self.inner.write_atomic(name, bytes)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fsync_is_fatal_and_never_acknowledged() {
+        let directory = tempfile::tempdir().unwrap();
+        let disk = FailingSyncDisk {
+            inner: FileDisk::open(directory.path()).unwrap(),
+        };
+        let (store, _) = Store::open(disk, StoreOptions::default()).await.unwrap();
+        let first = store.put(record("k", 1, b"v"), false).await;
+        assert!(matches!(first, Err(StoreError::Fatal(_))), "{first:?}");
+        assert!(store.is_poisoned());
+        // Never retried into a false success: everything after fails too.
+        assert!(matches!(
+            store.put(record("other", 1, b"v"), false).await,
+            Err(StoreError::Fatal(_))
+        ));
+        assert!(matches!(store.get(b"k").await, Err(StoreError::Fatal(_))));
+    }
+
     #[tokio::test]
     async fn keeps_only_newer_versions() {
         let directory = tempfile::tempdir().unwrap();
