@@ -1042,10 +1042,12 @@ mod tests {
         )
     }
 
-    /// Counts syncs, to see group commit at work.
+    /// Counts syncs, to see group commit at work, and can make them fail, as after a write-back
+    /// error the kernel reported once.
     struct CountingDisk {
         inner: FileDisk,
         syncs: Arc<AtomicU64>,
+        fail_syncs: bool,
     }
 
     impl Disk for CountingDisk {
@@ -1073,12 +1075,12 @@ mod tests {
         ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
             self.inner.append(name, bytes)
         }
-        fn sync(
-            &self,
-            name: &str,
-        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        async fn sync(&self, name: &str) -> std::io::Result<()> {
             self.syncs.fetch_add(1, Ordering::Relaxed);
-            self.inner.sync(name)
+            if self.fail_syncs {
+                return Err(std::io::Error::other("simulated EIO on fsync"));
+            }
+            self.inner.sync(name).await
         }
         fn truncate(
             &self,
@@ -1129,66 +1131,13 @@ mod tests {
         files
     }
 
-    /// A disk whose syncs fail, as after a write-back error the kernel reported once.
-    struct FailingSyncDisk {
-        inner: FileDisk,
-    }
-
-    impl Disk for FailingSyncDisk {
-        fn list(&self) -> impl std::future::Future<Output = std::io::Result<Vec<String>>> + Send {
-            self.inner.list()
-        }
-        fn read_at(
-            &self,
-            name: &str,
-            offset: u64,
-            length: usize,
-        ) -> impl std::future::Future<Output = std::io::Result<Vec<u8>>> + Send {
-            self.inner.read_at(name, offset, length)
-        }
-        fn size(
-            &self,
-            name: &str,
-        ) -> impl std::future::Future<Output = std::io::Result<u64>> + Send {
-            self.inner.size(name)
-        }
-        fn append(
-            &self,
-            name: &str,
-            bytes: &[u8],
-        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-            self.inner.append(name, bytes)
-        }
-        async fn sync(&self, _name: &str) -> std::io::Result<()> {
-            Err(std::io::Error::other("simulated EIO on fsync"))
-        }
-        fn truncate(
-            &self,
-            name: &str,
-            length: u64,
-        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-            self.inner.truncate(name, length)
-        }
-        fn remove(
-            &self,
-            name: &str,
-        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-            self.inner.remove(name)
-        }
-        fn write_atomic(
-            &self,
-            name: &str,
-            bytes: &[u8],
-        ) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-            self.inner.write_atomic(name, bytes)
-        }
-    }
-
     #[tokio::test]
     async fn a_failed_fsync_is_fatal_and_never_acknowledged() {
         let directory = tempfile::tempdir().unwrap();
-        let disk = FailingSyncDisk {
+        let disk = CountingDisk {
             inner: FileDisk::open(directory.path()).unwrap(),
+            syncs: Arc::new(AtomicU64::new(0)),
+            fail_syncs: true,
         };
         let (store, _) = Store::open(disk, StoreOptions::default()).await.unwrap();
         let first = store.put(record("k", 1, b"v"), false).await;
@@ -1236,6 +1185,7 @@ mod tests {
         let disk = CountingDisk {
             inner: FileDisk::open(directory.path()).unwrap(),
             syncs: syncs.clone(),
+            fail_syncs: false,
         };
         let (store, _) = Store::open(disk, StoreOptions::default()).await.unwrap();
         let store = Arc::new(store);
