@@ -70,10 +70,15 @@ pub enum Request {
     Format {
         volume: VolumeId,
         member: MemberId,
+        /// Like a Paxos ballot: a server takes a format only with a higher ballot than any it has
+        /// seen, and commits only the format of the last ballot it took, so two clients formatting
+        /// at once can never both commit.
+        ballot: u64,
     },
     /// Every member of a new volume is formatted: the volume exists from now on.
     CommitFormat {
         volume: VolumeId,
+        ballot: u64,
     },
     /// Join an existing volume as `member`, recovering until a complete scrub pass has filled it.
     Join {
@@ -171,6 +176,8 @@ pub struct Identity {
     /// Grows each time the server becomes recovering, so that a scrub pass that started before
     /// the latest loss cannot declare the server healthy.
     pub recovery_generation: u64,
+    /// The highest format ballot this server has taken.
+    pub format_ballot: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

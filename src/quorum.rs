@@ -473,17 +473,19 @@ impl<E: Env> QuorumClient<E> {
         let mut volumes = BTreeSet::new();
         let mut blank = Vec::new();
         let mut unfinished = Vec::new();
-        let mut committed = false;
         let mut unreachable = Vec::new();
         let mut highest_promised = 0;
+        let mut highest_format_ballot = 0;
         for (server, answer) in &answers {
             match answer {
                 Ok(Response::Identity(Identity {
                     state,
                     promised_epoch,
+                    format_ballot,
                     ..
                 })) => {
                     highest_promised = highest_promised.max(*promised_epoch);
+                    highest_format_ballot = highest_format_ballot.max(*format_ballot);
                     match state {
                         ServerState::Blank => blank.push(*server),
                         ServerState::Member {
@@ -499,11 +501,10 @@ impl<E: Env> QuorumClient<E> {
                                     placement.member(*server)
                                 )));
                             }
-                            volumes.insert(*volume);
                             if *formatting {
-                                unfinished.push(*server);
+                                unfinished.push((*server, *volume));
                             } else {
-                                committed = true;
+                                volumes.insert(*volume);
                             }
                         }
                     }
@@ -524,9 +525,9 @@ impl<E: Env> QuorumClient<E> {
                 volumes.len()
             )));
         }
-        let existing = volumes.into_iter().next();
+        let committed = volumes.into_iter().next();
         if let Some(expected) = inner.options.expected_volume {
-            match existing {
+            match committed {
                 Some(found) if found != expected => {
                     return Err(QuorumError::Volume(format!(
                         "the servers hold volume {found:032x}, not the expected {expected:032x}"
@@ -534,64 +535,76 @@ impl<E: Env> QuorumClient<E> {
                 }
                 None => {
                     return Err(QuorumError::Volume(format!(
-                        "volume {expected:032x} is gone: every reachable server is blank; refusing to create a new volume in its place"
+                        "volume {expected:032x} is gone: no reachable server holds it; refusing to create a new volume in its place"
                     )))
                 }
                 Some(_) => {}
             }
         }
-        if !committed {
-            // A new volume, or a format that a crash interrupted before it was committed: no
-            // client ever wrote to it, so blank servers are simply formatted (not recovering).
-            if mode == OpenMode::ReadOnly {
-                return Err(QuorumError::Volume(
-                    "the volume is not formatted yet".into(),
-                ));
-            }
-            if !unreachable.is_empty() && mode != OpenMode::WriterForceFormat {
-                return Err(QuorumError::Volume(format!(
-                    "some servers cannot be reached, and they may hold the volume; refusing to format \
-                     (start them, or force formatting if they are really empty): {}",
-                    describe_failures(&unreachable, placement)
-                )));
-            }
-            let volume = existing.unwrap_or_else(|| random_u128(&inner.env));
-            let formatted = fan_out(inner, &blank, |server| Request::Format {
-                volume,
-                member: placement.member(server),
-            })
-            .await;
-            for (server, answer) in formatted {
-                if !matches!(answer, Ok(Response::Done)) {
+        if mode == OpenMode::ReadOnly {
+            return committed
+                .map(|volume| (volume, highest_promised))
+                .ok_or_else(|| QuorumError::Volume("the volume is not formatted yet".into()));
+        }
+        // Uncommitted formats hold nothing (no client writes before the commit). Two clients
+        // formatting at once leave servers of two volumes: settle on one, the committed volume if
+        // there is one, else the highest id, so that racing clients agree.
+        let volume = match committed {
+            Some(volume) => volume,
+            None => {
+                if !unreachable.is_empty() && mode != OpenMode::WriterForceFormat {
                     return Err(QuorumError::Volume(format!(
-                        "formatting {} failed: {answer:?}",
-                        placement.address(server)
+                        "some servers cannot be reached, and they may hold the volume; refusing to format \
+                         (start them, or force formatting if they are really empty): {}",
+                        describe_failures(&unreachable, placement)
                     )));
                 }
+                unfinished
+                    .iter()
+                    .map(|(_, volume)| *volume)
+                    .max()
+                    .unwrap_or_else(|| random_u128(&inner.env))
             }
-            unfinished.extend(blank);
-            Self::commit_format(inner, volume, &unfinished).await?;
-            tracing::info!(volume = format!("{volume:032x}"), "formatted a new volume");
-            return Ok((volume, highest_promised));
+        };
+        // Claim every server not yet committed under one new ballot, then commit them all: a
+        // concurrent format under another ballot makes one of the two fail, never both succeed.
+        let mut to_format: Vec<ServerIndex> =
+            unfinished.iter().map(|(server, _)| *server).collect();
+        if committed.is_none() {
+            to_format.extend(&blank);
         }
-        let volume = existing.expect("a committed member names the volume");
-        if mode != OpenMode::ReadOnly {
-            // Members that missed the commit of the format hold nothing yet: finish it for them.
-            Self::commit_format(inner, volume, &unfinished).await?;
-            if !blank.is_empty() {
-                let joined = fan_out(inner, &blank, |server| Request::Join {
-                    volume,
-                    member: placement.member(server),
-                    epoch: highest_promised,
-                })
-                .await;
-                for (server, answer) in joined {
-                    tracing::warn!(
-                        server = %placement.address(server),
-                        ?answer,
-                        "a blank server joined the volume as recovering"
-                    );
-                }
+        let ballot = highest_format_ballot + 1 + inner.env.random_u64() % 1024;
+        let formatted = fan_out(inner, &to_format, |server| Request::Format {
+            volume,
+            member: placement.member(server),
+            ballot,
+        })
+        .await;
+        for (server, answer) in formatted {
+            if !matches!(answer, Ok(Response::Done)) {
+                return Err(QuorumError::Volume(format!(
+                    "formatting {} failed: {answer:?}",
+                    placement.address(server)
+                )));
+            }
+        }
+        let to_commit = to_format;
+        Self::commit_format(inner, volume, ballot, &to_commit).await?;
+        if committed.is_none() {
+            tracing::info!(volume = format!("{volume:032x}"), "formatted a new volume");
+        } else if !blank.is_empty() {
+            let joined = fan_out(inner, &blank, |server| Request::Join {
+                volume,
+                member: placement.member(server),
+                epoch: highest_promised,
+            })
+            .await;
+            for (server, answer) in joined {
+                tracing::warn!(
+                    server = %placement.address(server),
+                    ?answer,
+                    "a blank server joined the volume as recovering"
+                );
             }
         }
         Ok((volume, highest_promised))
@@ -600,9 +613,10 @@ impl<E: Env> QuorumClient<E> {
     async fn commit_format(
         inner: &Arc<Inner<E>>,
         volume: VolumeId,
+        ballot: u64,
         servers: &[ServerIndex],
     ) -> Result<(), QuorumError> {
-        let committed = fan_out(inner, servers, |_| Request::CommitFormat { volume }).await;
+        let committed = fan_out(inner, servers, |_| Request::CommitFormat { volume, ballot }).await;
         for (server, answer) in committed {
             if !matches!(answer, Ok(Response::Done)) {
                 return Err(QuorumError::Volume(format!(

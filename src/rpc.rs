@@ -131,6 +131,9 @@ impl Connection {
 
         let writer_pending = pending.clone();
         let writer_closed = closed.clone();
+        // Told when every handle is gone, so that the reader lets go of the stream too: dropping
+        // both halves is what closes a connection (a shutdown alone does not, in every world).
+        let (abandoned, mut reader_abandoned) = oneshot::channel::<()>();
         env.spawn(async move {
             let mut buffer = Vec::new();
             while let Some(first) = queue.recv().await {
@@ -158,13 +161,30 @@ impl Connection {
                     return;
                 }
             }
+            // Every handle to this connection is gone: close it now rather than at the server's
+            // idle timeout. Without this, a client that keeps reopening leaks connections until
+            // the server refuses new ones.
+            let _ = writer.shutdown().await;
+            drop(abandoned);
         });
 
         let reader_pending = pending.clone();
         let reader_closed = closed.clone();
         env.spawn(async move {
             loop {
-                let frame = match read_frame(&mut reader).await {
+                let read = tokio::select! {
+                    biased;
+                    _ = &mut reader_abandoned => {
+                        fail_all(
+                            &reader_pending,
+                            &reader_closed,
+                            RpcError::Unreachable("connection closed".into()),
+                        );
+                        return;
+                    }
+                    read = read_frame(&mut reader) => read,
+                };
+                let frame = match read {
                     Ok(frame) => frame,
                     Err(error) => {
                         fail_all(&reader_pending, &reader_closed, frame_error_to_rpc(error));

@@ -210,46 +210,88 @@ impl<E: Env, D: Disk> Server<E, D> {
                 },
                 promised_epoch: meta.promised_epoch,
                 recovery_generation: meta.recovery_generation,
+                format_ballot: meta.format_ballot,
             }),
-            Request::Format { volume, member } => {
-                if meta.volume == Some(volume) && meta.member == Some(member) {
-                    return Response::Done;
+            Request::Format {
+                volume,
+                member,
+                ballot,
+            } => {
+                if meta.volume.is_some() && !meta.formatting {
+                    return if meta.volume == Some(volume) && meta.member == Some(member) {
+                        Response::Done
+                    } else {
+                        Response::Refused("this server already belongs to a volume".into())
+                    };
                 }
-                if meta.volume.is_some() {
-                    return Response::Refused("this server already belongs to a volume".into());
-                }
+                // Records can only belong to the volume this server already names (a client may
+                // write to a member whose commit it missed): never move them to another volume.
                 let stats = self.store.stats().await;
-                if stats.records + stats.tombstones > 0 {
+                if stats.records + stats.tombstones > 0 && meta.volume != Some(volume) {
                     return Response::Refused(
                         "this data directory holds records but no volume identity; empty it or join it to its volume"
                             .into(),
                     );
                 }
-                match self
+                // Take the format only under a newer ballot (an uncommitted format holds nothing,
+                // so a newer one may replace it); an identical retry is answered again.
+                let mut taken = false;
+                let result = self
                     .store
                     .update_meta(|meta| {
+                        let same = meta.format_ballot == ballot
+                            && meta.volume == Some(volume)
+                            && meta.member == Some(member)
+                            && meta.formatting;
+                        if same
+                            || ballot <= meta.format_ballot
+                            || (meta.volume.is_some() && !meta.formatting)
+                        {
+                            taken = same;
+                            return false;
+                        }
                         meta.volume = Some(volume);
                         meta.member = Some(member);
                         meta.recovering = false;
                         meta.formatting = true;
+                        meta.format_ballot = ballot;
+                        taken = true;
                         true
                     })
-                    .await
-                {
-                    Ok(_) => Response::Done,
+                    .await;
+                match result {
+                    Ok(_) if taken => Response::Done,
+                    Ok(_) => {
+                        Response::Refused("a newer format of this server is in progress".into())
+                    }
                     Err(error) => self.fail(error),
                 }
             }
-            Request::CommitFormat { volume } => {
-                if let Some(answer) = Self::refusal(&meta, volume) {
-                    return answer;
-                }
-                match self
+            Request::CommitFormat { volume, ballot } => {
+                let mut committed = false;
+                let result = self
                     .store
-                    .update_meta(|meta| std::mem::replace(&mut meta.formatting, false))
-                    .await
-                {
-                    Ok(_) => Response::Done,
+                    .update_meta(|meta| {
+                        if meta.volume != Some(volume) {
+                            return false;
+                        }
+                        if !meta.formatting {
+                            committed = true;
+                            return false;
+                        }
+                        if meta.format_ballot != ballot {
+                            return false;
+                        }
+                        meta.formatting = false;
+                        committed = true;
+                        true
+                    })
+                    .await;
+                match result {
+                    Ok(_) if committed => Response::Done,
+                    Ok(_) => Response::Refused(
+                        "another format of this server took over before the commit".into(),
+                    ),
                     Err(error) => self.fail(error),
                 }
             }

@@ -58,6 +58,8 @@ pub struct Meta {
     pub recovery_generation: u64,
     /// Formatted as part of a new volume whose format is not committed yet.
     pub formatting: bool,
+    /// The highest format ballot taken (see `Request::Format`).
+    pub format_ballot: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

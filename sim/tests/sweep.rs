@@ -19,8 +19,11 @@ const DEFAULT_SEEDS: u64 = 2000;
 /// Seeds that once found a real bug, run before the sweep. 14: a crash during formatting left a
 /// blank server that joined as recovering. 23: a scrub declared servers healthy although keys
 /// acknowledged only by lost copies were in no listing. 1461: a write kept only by a recovering
-/// server resurfaced after the server healed.
-const REGRESSION_SEEDS: &[u64] = &[14, 23, 1461];
+/// server resurfaced after the server healed. 101524: a client that kept reopening leaked
+/// connections until every server refused new ones. 107357: two clients formatting at once split
+/// the servers between two volumes. 87: a member that missed its format commit took writes and
+/// could then never be committed.
+const REGRESSION_SEEDS: &[u64] = &[14, 23, 87, 1461, 101524, 107357];
 const THREADS: usize = 2;
 
 fn quiet(_: usize, _: usize) {}
