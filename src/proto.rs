@@ -113,8 +113,8 @@ pub enum Request {
         limit: u32,
     },
     Stats,
-    /// Every key this server holds a readable copy of, whatever its state (for the scrubber,
-    /// which must list recovering servers too).
+    /// Every key this server has an entry for, damaged and lost copies included, whatever the
+    /// server's state (for the scrubber, which must find every key, on recovering servers too).
     Keys {
         volume: VolumeId,
         start_after: Option<Vec<u8>>,

@@ -722,7 +722,7 @@ impl<D: Disk> Store<D> {
         Some((entries, true))
     }
 
-    /// Every key with a readable-looking copy (not lost, not known damaged) after `start_after`.
+    /// Every key this store has an entry for, in whatever state, after `start_after`.
     pub async fn keys(&self, start_after: Option<&[u8]>, limit: usize) -> (Vec<ListEntry>, bool) {
         let state = self.state.lock().await;
         let start = match start_after {
@@ -734,21 +734,29 @@ impl<D: Disk> Store<D> {
             if entries.len() >= limit {
                 return (entries, false);
             }
-            if let Slot::Stored {
-                version,
-                tombstone,
-                tag,
-                damaged: false,
-                ..
-            } = slot
-            {
-                entries.push(ListEntry {
+            // Every key, damaged and lost copies included: the scrubber uses this listing to
+            // find keys, and a key whose only listed copy was skipped for being damaged would
+            // never be examined, letting a recovering server heal without it.
+            let entry = match slot {
+                Slot::Stored {
+                    version,
+                    tombstone,
+                    tag,
+                    ..
+                } => ListEntry {
                     key: key.clone(),
                     version: *version,
                     tombstone: *tombstone,
                     tag: *tag,
-                });
-            }
+                },
+                Slot::Lost { .. } => ListEntry {
+                    key: key.clone(),
+                    version: Version::default(),
+                    tombstone: false,
+                    tag: [0; crate::record::TAG_BYTES],
+                },
+            };
+            entries.push(entry);
         }
         (entries, true)
     }

@@ -22,8 +22,9 @@ const DEFAULT_SEEDS: u64 = 2000;
 /// server resurfaced after the server healed. 101524: a client that kept reopening leaked
 /// connections until every server refused new ones. 107357: two clients formatting at once split
 /// the servers between two volumes. 87: a member that missed its format commit took writes and
-/// could then never be committed.
-const REGRESSION_SEEDS: &[u64] = &[14, 23, 87, 1461, 101524, 107357];
+/// could then never be committed. 101032: a scrub skipped a key whose only listed copy was known
+/// damaged, healed a server that had lost it, and a read then answered "not found".
+const REGRESSION_SEEDS: &[u64] = &[14, 23, 87, 1461, 101032, 101524, 107357];
 const THREADS: usize = 2;
 
 fn quiet(_: usize, _: usize) {}
