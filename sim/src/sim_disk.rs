@@ -65,6 +65,12 @@ pub struct SimDisk {
     name: Arc<str>,
 }
 
+/// True with probability `probability`; draws nothing when it is zero, so that a disk without
+/// faults consumes no randomness (and schedules stay comparable).
+fn chance(rng: &mut SeededRng, probability: f64) -> bool {
+    probability > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < probability
+}
+
 fn not_found(name: &str) -> io::Error {
     io::Error::new(io::ErrorKind::NotFound, format!("{name} does not exist"))
 }
@@ -209,18 +215,14 @@ impl Disk for SimDisk {
                 counters,
             } = &mut *state;
             let file = files.get(name).ok_or_else(|| not_found(name))?;
-            if plan.read_error > 0.0 && (rng.next_u64() as f64 / u64::MAX as f64) < plan.read_error
-            {
+            if chance(rng, plan.read_error) {
                 counters.read_errors += 1;
                 return Err(io::Error::other("simulated read error (EIO)"));
             }
             let start = (offset as usize).min(file.bytes.len());
             let end = start.saturating_add(length).min(file.bytes.len());
             let mut bytes = file.bytes[start..end].to_vec();
-            if !bytes.is_empty()
-                && plan.read_bit_flip > 0.0
-                && (rng.next_u64() as f64 / u64::MAX as f64) < plan.read_bit_flip
-            {
+            if !bytes.is_empty() && chance(rng, plan.read_bit_flip) {
                 let position = rng.below(bytes.len() as u64) as usize;
                 bytes[position] ^= 1 << rng.below(8);
                 counters.read_bit_flips += 1;
@@ -250,9 +252,7 @@ impl Disk for SimDisk {
                 counters,
             } = &mut *state;
             let file = files.entry(name.to_string()).or_default();
-            let misdirect = plan.misdirected_write > 0.0
-                && file.bytes.len() > bytes.len()
-                && (rng.next_u64() as f64 / u64::MAX as f64) < plan.misdirected_write;
+            let misdirect = file.bytes.len() > bytes.len() && chance(rng, plan.misdirected_write);
             if misdirect {
                 // The bytes land on an earlier part of the file; the end gets nothing useful.
                 let target = rng.below((file.bytes.len() - bytes.len()) as u64) as usize;
