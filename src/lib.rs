@@ -11,6 +11,8 @@
 pub mod config;
 pub mod disk;
 pub mod env;
+pub mod local_cluster;
+pub mod mount;
 pub mod placement;
 pub mod planted;
 pub mod proto;
@@ -21,3 +23,4 @@ pub mod rpc;
 pub mod scrub;
 pub mod server;
 pub mod store;
+pub mod verify;

@@ -1,0 +1,1 @@
+//! Comparison-based verification (being built).
