@@ -11,6 +11,8 @@
 pub mod config;
 pub mod disk;
 pub mod env;
+pub mod fs;
+pub mod fuse_adapter;
 pub mod local_cluster;
 pub mod mount;
 pub mod placement;

@@ -1,0 +1,716 @@
+//! Directory and attribute operations: everything that changes the namespace or an inode's
+//! metadata. Each holds the namespace lock from its first check to its commit, so checks and
+//! changes cannot interleave with another namespace operation.
+
+use std::collections::BTreeMap;
+
+use crate::env::Env;
+
+use super::tasks::fan_out;
+use super::types::{
+    keys, DirectoryEntry, FileKind, Inode, InodeNumber, IntentStep, NAME_MAX_BYTES,
+    SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_BYTES,
+};
+use super::{
+    decode, encode, io_error, AttributeChanges, Caller, Errno, FileSystem, RenameMode,
+    TimeChange, FAN_OUT, ROOT_INODE,
+};
+
+/// Links a file may have (ext4's limit).
+const LINK_MAX: u32 = 65_000;
+
+/// Directory depth walked when checking that a directory is not moved into itself.
+const DEPTH_MAX: usize = 4096;
+
+pub const XATTR_CREATE: i32 = libc::XATTR_CREATE;
+pub const XATTR_REPLACE: i32 = libc::XATTR_REPLACE;
+
+fn check_name(name: &[u8]) -> Result<(), Errno> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > NAME_MAX_BYTES {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    Ok(())
+}
+
+impl<E: Env> FileSystem<E> {
+    async fn directory(&self, ino: InodeNumber) -> Result<Inode, Errno> {
+        let inode = self.inode(ino).await?;
+        if !inode.is_directory() {
+            return Err(Errno::ENOTDIR);
+        }
+        if inode.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        Ok(inode)
+    }
+
+    /// The entry `name` in `directory`, if any.
+    pub async fn entry(
+        &self,
+        directory: InodeNumber,
+        name: &[u8],
+    ) -> Result<Option<DirectoryEntry>, Errno> {
+        let key = keys::directory_entry(directory, name);
+        match self.shared.client.get(&key).await.map_err(io_error)? {
+            Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn lookup(&self, parent: InodeNumber, name: &[u8]) -> Result<Inode, Errno> {
+        self.directory(parent).await?;
+        if name.len() > NAME_MAX_BYTES {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let entry = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
+        self.inode(entry.ino).await
+    }
+
+    /// Create a regular file, FIFO, socket or device node.
+    pub async fn make_node(
+        &self,
+        parent: InodeNumber,
+        name: &[u8],
+        kind: FileKind,
+        permissions: u32,
+        rdev: u32,
+        caller: Caller,
+    ) -> Result<Inode, Errno> {
+        if kind == FileKind::Directory || kind == FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        self.create_inode(parent, name, kind, permissions, rdev, Vec::new(), caller)
+            .await
+    }
+
+    pub async fn make_directory(
+        &self,
+        parent: InodeNumber,
+        name: &[u8],
+        permissions: u32,
+        caller: Caller,
+    ) -> Result<Inode, Errno> {
+        self.create_inode(
+            parent,
+            name,
+            FileKind::Directory,
+            permissions,
+            0,
+            Vec::new(),
+            caller,
+        )
+        .await
+    }
+
+    pub async fn make_symlink(
+        &self,
+        parent: InodeNumber,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Inode, Errno> {
+        if target.is_empty() {
+            return Err(Errno::ENOENT);
+        }
+        if target.len() > SYMLINK_MAX_BYTES {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        self.create_inode(
+            parent,
+            name,
+            FileKind::Symlink,
+            0o777,
+            0,
+            target.to_vec(),
+            caller,
+        )
+        .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_inode(
+        &self,
+        parent: InodeNumber,
+        name: &[u8],
+        kind: FileKind,
+        permissions: u32,
+        rdev: u32,
+        symlink_target: Vec<u8>,
+        caller: Caller,
+    ) -> Result<Inode, Errno> {
+        check_name(name)?;
+        let mut namespace = self.shared.namespace.lock().await;
+        let mut directory = self.directory(parent).await?;
+        if self.entry(parent, name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if kind == FileKind::Directory && directory.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        let ino = self.allocate_inode(&mut namespace).await?;
+        let now = self.now();
+        let mut permissions = permissions & 0o7777;
+        let mut gid = caller.gid;
+        // BSD group semantics under a set-group-ID directory, as Linux does.
+        if directory.permissions & libc::S_ISGID != 0 {
+            gid = directory.gid;
+            if kind == FileKind::Directory {
+                permissions |= libc::S_ISGID;
+            }
+        }
+        let size = if kind == FileKind::Symlink {
+            symlink_target.len() as u64
+        } else {
+            0
+        };
+        let inode = Inode {
+            ino,
+            kind,
+            permissions,
+            uid: caller.uid,
+            gid,
+            nlink: if kind == FileKind::Directory { 2 } else { 1 },
+            size,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev,
+            parent,
+            symlink_target,
+            inline_data: None,
+            stored_extent: 0,
+            xattrs: BTreeMap::new(),
+        };
+        directory.size += 1;
+        if kind == FileKind::Directory {
+            directory.nlink += 1;
+        }
+        directory.mtime = now;
+        directory.ctime = now;
+        let steps = vec![
+            IntentStep::PutInode(inode.clone()),
+            IntentStep::PutEntry {
+                directory: parent,
+                name: name.to_vec(),
+                entry: DirectoryEntry { ino, kind },
+            },
+            IntentStep::PutInode(directory),
+        ];
+        self.commit(&mut namespace, "create", steps).await?;
+        Ok(inode)
+    }
+
+    pub async fn link(
+        &self,
+        ino: InodeNumber,
+        new_parent: InodeNumber,
+        new_name: &[u8],
+    ) -> Result<Inode, Errno> {
+        check_name(new_name)?;
+        let mut namespace = self.shared.namespace.lock().await;
+        let mut directory = self.directory(new_parent).await?;
+        let (_, state) = self.cached(ino).await?;
+        let mut state = state.lock_owned().await;
+        let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        if inode.is_directory() {
+            return Err(Errno::EPERM);
+        }
+        if inode.nlink == 0 {
+            return Err(Errno::ENOENT);
+        }
+        if inode.nlink >= LINK_MAX {
+            return Err(Errno::EMLINK);
+        }
+        if self.entry(new_parent, new_name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        self.flush_locked(ino, &mut state).await?;
+        inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        let now = self.now();
+        inode.nlink += 1;
+        inode.ctime = now;
+        directory.size += 1;
+        directory.mtime = now;
+        directory.ctime = now;
+        let steps = vec![
+            IntentStep::PutInode(inode.clone()),
+            IntentStep::PutEntry {
+                directory: new_parent,
+                name: new_name.to_vec(),
+                entry: DirectoryEntry {
+                    ino,
+                    kind: inode.kind,
+                },
+            },
+            IntentStep::PutInode(directory),
+        ];
+        self.commit(&mut namespace, "link", steps).await?;
+        Ok(inode)
+    }
+
+    /// The steps that drop one link to `ino` (already locked by the caller): the inode with one
+    /// link less, or its removal when no link and no open handle is left.
+    async fn drop_link_steps(
+        &self,
+        ino: InodeNumber,
+        state: &mut super::FileState,
+        now: super::Timestamp,
+    ) -> Result<Vec<IntentStep>, Errno> {
+        let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.ctime = now;
+        if inode.nlink > 0 || self.open_count(ino) > 0 {
+            self.flush_locked(ino, state).await?;
+            let mut stored = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+            stored.nlink = inode.nlink;
+            stored.ctime = now;
+            let mut steps = vec![IntentStep::PutInode(stored)];
+            if inode.nlink == 0 {
+                steps.push(IntentStep::PutOrphan(ino));
+            }
+            return Ok(steps);
+        }
+        let end = inode
+            .stored_chunk_end()
+            .max(state.stored_extent.div_ceil(super::types::CHUNK_BYTES));
+        state.dirty_chunks.clear();
+        state.dirty_bytes = 0;
+        state.inode_dirty = false;
+        Ok(vec![
+            IntentStep::DeleteInode(ino),
+            IntentStep::DeleteChunks {
+                ino,
+                first: 0,
+                end,
+            },
+        ])
+    }
+
+    pub async fn unlink(&self, parent: InodeNumber, name: &[u8]) -> Result<(), Errno> {
+        let mut namespace = self.shared.namespace.lock().await;
+        let mut directory = self.directory(parent).await?;
+        let entry = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
+        if entry.kind == FileKind::Directory {
+            return Err(Errno::EISDIR);
+        }
+        let (_, state) = self.cached(entry.ino).await?;
+        let mut state = state.lock_owned().await;
+        let now = self.now();
+        let mut steps = vec![IntentStep::DeleteEntry {
+            directory: parent,
+            name: name.to_vec(),
+        }];
+        steps.extend(self.drop_link_steps(entry.ino, &mut state, now).await?);
+        directory.size = directory.size.saturating_sub(1);
+        directory.mtime = now;
+        directory.ctime = now;
+        steps.push(IntentStep::PutInode(directory));
+        self.commit(&mut namespace, "unlink", steps).await
+    }
+
+    pub async fn remove_directory(&self, parent: InodeNumber, name: &[u8]) -> Result<(), Errno> {
+        if name == b"." {
+            return Err(Errno::EINVAL);
+        }
+        if name == b".." {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let mut namespace = self.shared.namespace.lock().await;
+        let mut directory = self.directory(parent).await?;
+        let entry = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
+        if entry.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let child = self.inode(entry.ino).await?;
+        if child.size > 0 {
+            return Err(Errno::ENOTEMPTY);
+        }
+        let now = self.now();
+        directory.size = directory.size.saturating_sub(1);
+        directory.nlink = directory.nlink.saturating_sub(1);
+        directory.mtime = now;
+        directory.ctime = now;
+        let steps = vec![
+            IntentStep::DeleteEntry {
+                directory: parent,
+                name: name.to_vec(),
+            },
+            IntentStep::DeleteInode(entry.ino),
+            IntentStep::PutInode(directory),
+        ];
+        self.commit(&mut namespace, "rmdir", steps).await
+    }
+
+    /// Whether `directory` is `ancestor` or lies below it.
+    async fn is_within(
+        &self,
+        directory: InodeNumber,
+        ancestor: InodeNumber,
+    ) -> Result<bool, Errno> {
+        let mut current = directory;
+        for _ in 0..DEPTH_MAX {
+            if current == ancestor {
+                return Ok(true);
+            }
+            if current == ROOT_INODE {
+                return Ok(false);
+            }
+            current = self.inode(current).await?.parent;
+        }
+        tracing::error!("directory {directory} is nested deeper than {DEPTH_MAX} levels");
+        Err(Errno::EIO)
+    }
+
+    pub async fn rename(
+        &self,
+        parent: InodeNumber,
+        name: &[u8],
+        new_parent: InodeNumber,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<(), Errno> {
+        check_name(name)?;
+        check_name(new_name)?;
+        let mut namespace = self.shared.namespace.lock().await;
+        let mut directories: BTreeMap<InodeNumber, Inode> = BTreeMap::new();
+        directories.insert(parent, self.directory(parent).await?);
+        directories.insert(new_parent, self.directory(new_parent).await?);
+        let source = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
+        let target = self.entry(new_parent, new_name).await?;
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        match (mode, &target) {
+            (RenameMode::NoReplace, Some(_)) => return Err(Errno::EEXIST),
+            (RenameMode::Exchange, None) => return Err(Errno::ENOENT),
+            _ => {}
+        }
+        if let Some(target) = &target {
+            if target.ino == source.ino {
+                // Two links to one file: POSIX says do nothing.
+                return Ok(());
+            }
+        }
+        if source.kind == FileKind::Directory
+            && parent != new_parent
+            && self.is_within(new_parent, source.ino).await?
+        {
+            return Err(Errno::EINVAL);
+        }
+        let now = self.now();
+        let mut steps = Vec::new();
+        let mut guards = Vec::new();
+        if mode == RenameMode::Exchange {
+            let target = target.expect("checked above");
+            if target.kind == FileKind::Directory
+                && parent != new_parent
+                && self.is_within(parent, target.ino).await?
+            {
+                return Err(Errno::EINVAL);
+            }
+            steps.push(IntentStep::PutEntry {
+                directory: parent,
+                name: name.to_vec(),
+                entry: target,
+            });
+            steps.push(IntentStep::PutEntry {
+                directory: new_parent,
+                name: new_name.to_vec(),
+                entry: source,
+            });
+            for (entry, to) in [(source, new_parent), (target, parent)] {
+                let (_, state) = self.cached(entry.ino).await?;
+                let mut state = state.lock_owned().await;
+                self.flush_locked(entry.ino, &mut state).await?;
+                guards.push(state);
+                let mut moved = self.current_inode(entry.ino).ok_or(Errno::ENOENT)?;
+                moved.ctime = now;
+                if moved.is_directory() {
+                    moved.parent = to;
+                }
+                steps.push(IntentStep::PutInode(moved));
+            }
+            if parent != new_parent {
+                let source_directory = source.kind == FileKind::Directory;
+                let target_directory = target.kind == FileKind::Directory;
+                if source_directory != target_directory {
+                    let (losing, gaining) = if source_directory {
+                        (parent, new_parent)
+                    } else {
+                        (new_parent, parent)
+                    };
+                    let losing = directories.get_mut(&losing).expect("loaded");
+                    losing.nlink = losing.nlink.saturating_sub(1);
+                    directories.get_mut(&gaining).expect("loaded").nlink += 1;
+                }
+            }
+        } else {
+            if let Some(target) = &target {
+                match (source.kind == FileKind::Directory, target.kind == FileKind::Directory) {
+                    (true, false) => return Err(Errno::ENOTDIR),
+                    (false, true) => return Err(Errno::EISDIR),
+                    (true, true) => {
+                        if self.inode(target.ino).await?.size > 0 {
+                            return Err(Errno::ENOTEMPTY);
+                        }
+                    }
+                    (false, false) => {}
+                }
+            }
+            steps.push(IntentStep::DeleteEntry {
+                directory: parent,
+                name: name.to_vec(),
+            });
+            steps.push(IntentStep::PutEntry {
+                directory: new_parent,
+                name: new_name.to_vec(),
+                entry: source,
+            });
+            let (_, state) = self.cached(source.ino).await?;
+            let mut state = state.lock_owned().await;
+            self.flush_locked(source.ino, &mut state).await?;
+            guards.push(state);
+            let mut moved = self.current_inode(source.ino).ok_or(Errno::ENOENT)?;
+            moved.ctime = now;
+            if moved.is_directory() {
+                moved.parent = new_parent;
+            }
+            steps.push(IntentStep::PutInode(moved));
+            let source_parent = directories.get_mut(&parent).expect("loaded");
+            source_parent.size = source_parent.size.saturating_sub(1);
+            if source.kind == FileKind::Directory {
+                source_parent.nlink = source_parent.nlink.saturating_sub(1);
+            }
+            let target_parent = directories.get_mut(&new_parent).expect("loaded");
+            target_parent.size += 1;
+            if source.kind == FileKind::Directory {
+                target_parent.nlink += 1;
+            }
+            if let Some(target) = target {
+                target_parent.size = target_parent.size.saturating_sub(1);
+                if target.kind == FileKind::Directory {
+                    target_parent.nlink = target_parent.nlink.saturating_sub(1);
+                    steps.push(IntentStep::DeleteInode(target.ino));
+                } else {
+                    let (_, state) = self.cached(target.ino).await?;
+                    let mut state = state.lock_owned().await;
+                    steps.extend(self.drop_link_steps(target.ino, &mut state, now).await?);
+                    guards.push(state);
+                }
+            }
+        }
+        for directory in directories.into_values() {
+            let mut directory = directory;
+            directory.mtime = now;
+            directory.ctime = now;
+            steps.push(IntentStep::PutInode(directory));
+        }
+        self.commit(&mut namespace, "rename", steps).await?;
+        drop(guards);
+        Ok(())
+    }
+
+    /// Every entry of a directory (without `.` and `..`), in name order.
+    pub async fn read_directory(
+        &self,
+        ino: InodeNumber,
+    ) -> Result<Vec<(Vec<u8>, DirectoryEntry)>, Errno> {
+        self.directory(ino).await?;
+        let prefix = keys::directory_prefix(ino);
+        let entry_keys = self.shared.client.list(&prefix).await.map_err(io_error)?;
+        let client = self.shared.client.clone();
+        let answers = fan_out(&self.shared.env, entry_keys, FAN_OUT, move |key| {
+            let client = client.clone();
+            async move {
+                let value = client.get(&key).await;
+                (key, value)
+            }
+        })
+        .await;
+        let mut entries = Vec::with_capacity(answers.len());
+        for (key, value) in answers {
+            let Some(bytes) = value.map_err(io_error)? else {
+                // Removed since the listing.
+                continue;
+            };
+            let entry: DirectoryEntry = decode(&key, &bytes)?;
+            let name = keys::name_of_entry(&prefix, &key)
+                .expect("listed under the prefix")
+                .to_vec();
+            entries.push((name, entry));
+        }
+        Ok(entries)
+    }
+
+    pub async fn read_link(&self, ino: InodeNumber) -> Result<Vec<u8>, Errno> {
+        let inode = self.inode(ino).await?;
+        if inode.kind != FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        Ok(inode.symlink_target)
+    }
+
+    pub async fn set_attributes(
+        &self,
+        ino: InodeNumber,
+        changes: AttributeChanges,
+    ) -> Result<Inode, Errno> {
+        let mut namespace = self.shared.namespace.lock().await;
+        let (_, state) = self.cached(ino).await?;
+        let mut state = state.lock_owned().await;
+        self.flush_locked(ino, &mut state).await?;
+        let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        let now = self.now();
+        if let Some(permissions) = changes.permissions {
+            inode.permissions = permissions & 0o7777;
+        }
+        if let Some(uid) = changes.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = changes.gid {
+            inode.gid = gid;
+        }
+        match changes.atime {
+            Some(TimeChange::Now) => inode.atime = now,
+            Some(TimeChange::At(time)) => inode.atime = time,
+            None => {}
+        }
+        match changes.mtime {
+            Some(TimeChange::Now) => inode.mtime = now,
+            Some(TimeChange::At(time)) => inode.mtime = time,
+            None => {}
+        }
+        inode.ctime = changes.ctime.unwrap_or(now);
+        if let Some(size) = changes.size {
+            match inode.kind {
+                FileKind::Regular => {}
+                FileKind::Directory => return Err(Errno::EISDIR),
+                _ => return Err(Errno::EINVAL),
+            }
+            if size != inode.size && changes.mtime.is_none() {
+                inode.mtime = now;
+            }
+            self.set_cached_inode(inode);
+            return self
+                .truncate_locked(&mut namespace, ino, &mut state, size)
+                .await;
+        }
+        self.commit(
+            &mut namespace,
+            "setattr",
+            vec![IntentStep::PutInode(inode.clone())],
+        )
+        .await?;
+        Ok(inode)
+    }
+
+    pub async fn get_extended_attribute(
+        &self,
+        ino: InodeNumber,
+        name: &[u8],
+    ) -> Result<Vec<u8>, Errno> {
+        let inode = self.inode(ino).await?;
+        inode
+            .xattrs
+            .get(name)
+            .map(|value| value.to_vec())
+            .ok_or(Errno::ENODATA)
+    }
+
+    pub async fn list_extended_attributes(&self, ino: InodeNumber) -> Result<Vec<Vec<u8>>, Errno> {
+        let inode = self.inode(ino).await?;
+        Ok(inode.xattrs.keys().map(|name| name.to_vec()).collect())
+    }
+
+    /// Set an extended attribute; `flags` is 0, [`XATTR_CREATE`] or [`XATTR_REPLACE`].
+    pub async fn set_extended_attribute(
+        &self,
+        ino: InodeNumber,
+        name: &[u8],
+        value: &[u8],
+        flags: i32,
+    ) -> Result<(), Errno> {
+        if name.is_empty() {
+            return Err(Errno::EINVAL);
+        }
+        if name.len() > XATTR_NAME_MAX_BYTES {
+            return Err(Errno::ERANGE);
+        }
+        if flags & !(XATTR_CREATE | XATTR_REPLACE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.change_extended_attributes(ino, |xattrs| {
+            let exists = xattrs.contains_key(name);
+            if flags & XATTR_CREATE != 0 && exists {
+                return Err(Errno::EEXIST);
+            }
+            if flags & XATTR_REPLACE != 0 && !exists {
+                return Err(Errno::ENODATA);
+            }
+            xattrs.insert(
+                name.to_vec(),
+                serde_bytes::ByteBuf::from(value.to_vec()),
+            );
+            let total: usize = xattrs.iter().map(|(name, value)| name.len() + value.len()).sum();
+            if total > XATTR_TOTAL_BYTES {
+                return Err(Errno::ENOSPC);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn remove_extended_attribute(
+        &self,
+        ino: InodeNumber,
+        name: &[u8],
+    ) -> Result<(), Errno> {
+        self.change_extended_attributes(ino, |xattrs| {
+            xattrs.remove(name).map(|_| ()).ok_or(Errno::ENODATA)
+        })
+        .await
+    }
+
+    async fn change_extended_attributes(
+        &self,
+        ino: InodeNumber,
+        change: impl FnOnce(
+            &mut BTreeMap<Vec<u8>, serde_bytes::ByteBuf>,
+        ) -> Result<(), Errno>,
+    ) -> Result<(), Errno> {
+        let mut namespace = self.shared.namespace.lock().await;
+        let (_, state) = self.cached(ino).await?;
+        let mut state = state.lock_owned().await;
+        self.flush_locked(ino, &mut state).await?;
+        let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        change(&mut inode.xattrs)?;
+        inode.ctime = self.now();
+        self.commit(&mut namespace, "setxattr", vec![IntentStep::PutInode(inode)])
+            .await
+    }
+
+    /// Open handles on an inode.
+    pub(super) fn open_count(&self, ino: InodeNumber) -> u64 {
+        self.shared
+            .inodes
+            .lock()
+            .unwrap()
+            .get(&ino)
+            .map_or(0, |cached| cached.open_count)
+    }
+
+    /// Store an inode as is (for callers that hold its lock and changed nothing else).
+    pub(super) async fn store_inode(&self, inode: &Inode) -> Result<(), Errno> {
+        self.shared
+            .client
+            .put(&keys::inode(inode.ino), &encode(inode))
+            .await
+            .map_err(io_error)?;
+        Ok(())
+    }
+}
