@@ -89,3 +89,101 @@ fn acceptance_list_as_a_user_types_it() {
     );
     mounted.stop().expect("unmounting");
 }
+
+fn admin_client(cluster: &TestCluster) -> common::Client {
+    votefs::quorum::QuorumClient::for_administration(
+        votefs::env::TokioEnv::new(),
+        cluster.placement().clone(),
+        cluster.key().clone(),
+        common::test_client_options(),
+    )
+}
+
+fn chunk_key(ino: u64, index: u64) -> Vec<u8> {
+    format!("chunk/{ino:016x}/{index:016x}").into_bytes()
+}
+
+/// Wait (polling, with a deadline) until `check` holds.
+fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
+    use std::os::unix::fs::MetadataExt;
+    let mut cluster = TestCluster::start_with_fault_injection();
+    let mountpoint = cluster.directory().join("mnt");
+    let options = MountOptions {
+        refresh_interval: Duration::from_millis(500),
+        allow_other: false,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let admin = admin_client(&cluster);
+    let big = common::random_bytes(7, 300 * 1024 + 123);
+    let mounted = Mounted::start(cluster.config_path(), &mountpoint, options.clone());
+    let root = mounted.path().to_path_buf();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    std::fs::create_dir(root.join("dir")).unwrap();
+    std::fs::write(root.join("dir/small"), b"small file\n").unwrap();
+    let ino = std::fs::metadata(root.join("big.bin")).unwrap().ino();
+
+    // A whole bank down: reads and writes go on.
+    cluster.kill_bank(0);
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
+    std::fs::write(root.join("during-outage"), b"written with a bank down\n").unwrap();
+    std::fs::create_dir(root.join("dir/sub")).unwrap();
+    std::fs::rename(root.join("dir/small"), root.join("dir/sub/moved")).unwrap();
+    assert_eq!(
+        shell(&root, "cat during-outage dir/sub/moved"),
+        "written with a bank down\nsmall file\n"
+    );
+    cluster.restart_bank(0);
+    mounted.stop().expect("unmounting");
+
+    // Corrupt one copy of a chunk of big.bin; a fresh mount (no caches) still reads it right.
+    let key = chunk_key(ino, 1);
+    let victim = cluster.placement().owners(&key)[0];
+    let address = cluster.address(victim).to_string();
+    let key_text = String::from_utf8(key.clone()).unwrap();
+    let config = cluster.config_path().to_str().unwrap().to_string();
+    let output = cluster.votefs(&[
+        "inject", "--cluster", &config, "--server", &address, "corrupt", "--key", &key_text,
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let entry = runtime.block_on(common::dump_entry(&admin, victim, &key)).unwrap();
+    assert!(!entry.tag_ok || !entry.checksum_ok, "{entry:?}");
+    let mounted = Mounted::start(cluster.config_path(), &mountpoint, options);
+    let root = mounted.path().to_path_buf();
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
+    assert_eq!(
+        shell(&root, "cat during-outage dir/sub/moved"),
+        "written with a bank down\nsmall file\n"
+    );
+    wait_until("the corrupt copy repaired", Duration::from_secs(30), || {
+        runtime
+            .block_on(common::dump_entry(&admin, victim, &key))
+            .is_some_and(|entry| entry.tag_ok && entry.checksum_ok && !entry.lost)
+    });
+
+    // An emptied server is refilled by the refresh pass, with no reads.
+    let emptied = cluster.placement().owners(&chunk_key(ino, 2))[1];
+    cluster.restart_empty(emptied);
+    let wanted = chunk_key(ino, 2);
+    wait_until("the emptied server refilled", Duration::from_secs(60), || {
+        runtime
+            .block_on(common::dump_entry(&admin, emptied, &wanted))
+            .is_some_and(|entry| entry.tag_ok && !entry.lost)
+    });
+    wait_until("the emptied server healthy", Duration::from_secs(60), || {
+        matches!(
+            runtime.block_on(common::identify(&admin, emptied)).state,
+            votefs::proto::ServerState::Member { recovering: false, .. }
+        )
+    });
+    assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
+    mounted.stop().expect("unmounting");
+}
