@@ -12,7 +12,7 @@
 
 use super::tasks::fan_out;
 use super::types::{keys, FileKind, Inode, InodeNumber, IntentStep, CHUNK_BYTES, INLINE_LIMIT_BYTES};
-use super::{io_error, Errno, FileState, FileSystem, NamespaceState, FAN_OUT};
+use super::{io_error, Errno, FileState, FileSystem, FAN_OUT};
 use crate::env::Env;
 
 /// Chunks a file buffers before a write stores them (8 MiB).
@@ -345,7 +345,25 @@ impl<E: Env> FileSystem<E> {
                 state.dirty_chunks.insert(0, inline.to_vec());
             }
         }
-        if let Some(last) = state.dirty_chunks.keys().next_back().copied() {
+        let size = inode.size;
+        let live_chunks = size.div_ceil(CHUNK_BYTES);
+        let stored_end = inode
+            .stored_chunk_end()
+            .max(state.stored_extent.div_ceil(CHUNK_BYTES));
+        // Chunks inside the size are stored before the inode (so the size never covers bytes that
+        // were not stored); chunks past it only hold leftovers, deleted after the inode shrank.
+        let mut inside = Vec::new();
+        let mut outside = Vec::new();
+        for (index, mut buffer) in std::mem::take(&mut state.dirty_chunks) {
+            if index < live_chunks {
+                let keep = (size - chunk_size(index)).min(CHUNK_BYTES) as usize;
+                buffer.truncate(keep);
+                inside.push((index, buffer));
+            } else if index < stored_end {
+                outside.push((index, Vec::new()));
+            }
+        }
+        if let Some((last, _)) = inside.last() {
             let needed_extent = chunk_size(last + 1);
             if needed_extent > inode.stored_extent.max(state.stored_extent) {
                 // Raise the extent first (keeping the stored size and inline bytes), growing it
@@ -354,23 +372,44 @@ impl<E: Env> FileSystem<E> {
                 let mut raised = inode.clone();
                 raised.size = state.stored_size;
                 raised.stored_extent = new_extent;
-                self.store_inode(&raised).await?;
+                if let Err(error) = self.store_inode(&raised).await {
+                    state.dirty_chunks.extend(inside);
+                    state.dirty_chunks.extend(outside);
+                    return Err(error);
+                }
                 state.stored_extent = new_extent;
                 inode.stored_extent = new_extent;
+                self.set_cached_inode(inode.clone());
             }
         }
-        let size = inode.size;
-        let dirty: Vec<(u64, Vec<u8>)> = std::mem::take(&mut state.dirty_chunks)
-            .into_iter()
-            .map(|(index, mut buffer)| {
-                // Bytes past the size are never read: do not store them.
-                let keep = size.saturating_sub(chunk_size(index)).min(CHUNK_BYTES) as usize;
-                buffer.truncate(keep);
-                (index, buffer)
-            })
-            .collect();
+        if let Err(error) = self.store_chunks(ino, &inside).await {
+            // Keep the data buffered so a later flush can try again.
+            state.dirty_chunks.extend(inside);
+            state.dirty_chunks.extend(outside);
+            return Err(error);
+        }
+        inode.inline_data = None;
+        assert!(inode.stored_extent >= chunk_size(live_chunks) || inside.is_empty());
+        if let Err(error) = self.store_inode(&inode).await {
+            state.dirty_chunks.extend(inside);
+            state.dirty_chunks.extend(outside);
+            return Err(error);
+        }
+        state.inode_dirty = false;
+        state.stored_size = inode.size;
+        state.stored_extent = inode.stored_extent;
+        self.set_cached_inode(inode);
+        if let Err(error) = self.store_chunks(ino, &outside).await {
+            state.dirty_chunks.extend(outside);
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Store chunk buffers concurrently (an empty buffer deletes its chunk).
+    async fn store_chunks(&self, ino: InodeNumber, chunks: &[(u64, Vec<u8>)]) -> Result<(), Errno> {
         let client = self.shared.client.clone();
-        let results = fan_out(&self.shared.env, dirty.clone(), FAN_OUT, move |(index, buffer)| {
+        let results = fan_out(&self.shared.env, chunks.to_vec(), FAN_OUT, move |(index, buffer)| {
             let client = client.clone();
             async move {
                 let key = keys::chunk(ino, index);
@@ -382,26 +421,17 @@ impl<E: Env> FileSystem<E> {
             }
         })
         .await;
-        if let Some(error) = results.into_iter().find_map(Result::err) {
-            // Keep the data buffered so a later flush can try again.
-            state.dirty_chunks.extend(dirty);
-            return Err(io_error(error));
+        match results.into_iter().find_map(Result::err) {
+            Some(error) => Err(io_error(error)),
+            None => Ok(()),
         }
-        inode.inline_data = None;
-        assert!(inode.stored_extent >= chunk_size(inode.size.div_ceil(CHUNK_BYTES)).min(inode.stored_extent));
-        self.store_inode(&inode).await?;
-        state.inode_dirty = false;
-        state.stored_size = inode.size;
-        state.stored_extent = inode.stored_extent;
-        self.set_cached_inode(inode);
-        Ok(())
     }
 
-    /// Change a file's size (the caller holds the namespace lock and the file's lock, and has
-    /// flushed it). Returns the stored inode.
+    /// Change a file's size (the caller holds the namespace lock and the file's lock). Like a
+    /// write, the change is buffered while the file is open and stored by its flush; a file
+    /// nobody has open is stored at once. Returns the inode.
     pub(super) async fn truncate_locked(
         &self,
-        namespace: &mut NamespaceState,
         ino: InodeNumber,
         state: &mut FileState,
         new_size: u64,
@@ -412,46 +442,48 @@ impl<E: Env> FileSystem<E> {
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
         let old_size = inode.size;
         self.shared.clean_chunks.lock().unwrap().forget_inode(ino);
-        if let Some(inline) = &inode.inline_data {
-            if new_size <= INLINE_LIMIT_BYTES {
-                let mut content = inline.to_vec();
-                content.resize(new_size as usize, 0);
-                inode.inline_data = Some(serde_bytes::ByteBuf::from(content));
+        if new_size >= old_size {
+            self.zero_gap(&inode, state, old_size, new_size).await?;
+        } else {
+            let keep_chunks = new_size.div_ceil(CHUNK_BYTES);
+            let stored_end = inode
+                .stored_chunk_end()
+                .max(state.stored_extent.div_ceil(CHUNK_BYTES));
+            state.dirty_chunks.retain(|index, _| *index < keep_chunks);
+            let leftovers = stored_end.saturating_sub(keep_chunks);
+            if leftovers as usize > DIRTY_CHUNK_LIMIT {
+                // Too many to buffer: store the shrunk file, then delete the chunks past its end
+                // (until then they are leftovers past the size, which nobody reads).
                 inode.size = new_size;
-                self.commit(namespace, "truncate", vec![IntentStep::PutInode(inode.clone())])
-                    .await?;
-                state.stored_size = new_size;
-                return Ok(inode);
+                self.set_cached_inode(inode);
+                state.inode_dirty = true;
+                self.flush_locked(ino, state).await?;
+                self.delete_chunk_range(ino, keep_chunks, stored_end).await?;
+                return self.current_inode(ino).ok_or(Errno::ENOENT);
+            }
+            for index in keep_chunks..stored_end {
+                state.dirty_chunks.insert(index, Vec::new());
             }
         }
-        if new_size >= old_size {
-            // Growing: zero what lies past the old end, then store like a write.
-            self.zero_gap(&inode, state, old_size, new_size).await?;
-            inode.size = new_size;
-            self.set_cached_inode(inode);
-            state.inode_dirty = true;
-            self.flush_locked(ino, state).await?;
-            return self.current_inode(ino).ok_or(Errno::ENOENT);
-        }
-        let keep_chunks = new_size.div_ceil(CHUNK_BYTES);
-        state.dirty_chunks.retain(|index, _| *index < keep_chunks);
-        let stored_end = inode
-            .stored_chunk_end()
-            .max(state.stored_extent.div_ceil(CHUNK_BYTES));
         inode.size = new_size;
-        inode.stored_extent = inode.stored_extent.min(chunk_size(keep_chunks));
-        let steps = vec![
-            IntentStep::DeleteChunks {
-                ino,
-                first: keep_chunks,
-                end: stored_end.max(keep_chunks),
-            },
-            IntentStep::PutInode(inode.clone()),
-        ];
-        self.commit(namespace, "truncate", steps).await?;
-        state.stored_size = new_size;
-        state.stored_extent = inode.stored_extent;
-        Ok(inode)
+        self.set_cached_inode(inode);
+        state.inode_dirty = true;
+        if self.open_count(ino) == 0 || state.dirty_chunks.len() >= DIRTY_CHUNK_LIMIT {
+            self.flush_locked(ino, state).await?;
+        }
+        self.current_inode(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// Delete chunks `first..end` of a file, a bounded batch at a time.
+    async fn delete_chunk_range(&self, ino: InodeNumber, first: u64, end: u64) -> Result<(), Errno> {
+        let mut start = first;
+        while start < end {
+            let batch_end = end.min(start + 4096);
+            let batch: Vec<(u64, Vec<u8>)> = (start..batch_end).map(|index| (index, Vec::new())).collect();
+            self.store_chunks(ino, &batch).await?;
+            start = batch_end;
+        }
+        Ok(())
     }
 
     /// Reserve space: votefs does not preallocate, so only growing the size (mode 0) and

@@ -563,7 +563,6 @@ impl<E: Env> FileSystem<E> {
         let mut namespace = self.shared.namespace.lock().await;
         let (_, state) = self.cached(ino).await?;
         let mut state = state.lock_owned().await;
-        self.flush_locked(ino, &mut state).await?;
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
         let now = self.now();
         if let Some(permissions) = changes.permissions {
@@ -596,17 +595,30 @@ impl<E: Env> FileSystem<E> {
                 inode.mtime = now;
             }
             self.set_cached_inode(inode);
-            return self
-                .truncate_locked(&mut namespace, ino, &mut state, size)
-                .await;
+            return self.truncate_locked(ino, &mut state, size).await;
         }
-        self.commit(
-            &mut namespace,
-            "setattr",
-            vec![IntentStep::PutInode(inode.clone())],
-        )
-        .await?;
+        self.store_metadata(&mut namespace, &inode, &state).await?;
         Ok(inode)
+    }
+
+    /// Store an inode's metadata without waiting for its buffered data: the stored size and
+    /// extent stay those of the data already stored, so the stored inode never claims bytes that
+    /// are only in memory. The buffered rest follows with the file's next flush.
+    async fn store_metadata(
+        &self,
+        namespace: &mut super::NamespaceState,
+        inode: &Inode,
+        state: &super::FileState,
+    ) -> Result<(), Errno> {
+        self.finish_pending_intent(namespace).await?;
+        let mut stored = inode.clone();
+        if inode.kind == FileKind::Regular {
+            stored.size = state.stored_size;
+            stored.stored_extent = state.stored_extent;
+        }
+        self.store_inode(&stored).await?;
+        self.set_cached_inode(inode.clone());
+        Ok(())
     }
 
     pub async fn get_extended_attribute(
@@ -685,13 +697,11 @@ impl<E: Env> FileSystem<E> {
     ) -> Result<(), Errno> {
         let mut namespace = self.shared.namespace.lock().await;
         let (_, state) = self.cached(ino).await?;
-        let mut state = state.lock_owned().await;
-        self.flush_locked(ino, &mut state).await?;
+        let state = state.lock_owned().await;
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
         change(&mut inode.xattrs)?;
         inode.ctime = self.now();
-        self.commit(&mut namespace, "setxattr", vec![IntentStep::PutInode(inode)])
-            .await
+        self.store_metadata(&mut namespace, &inode, &state).await
     }
 
     /// Open handles on an inode.
