@@ -18,6 +18,10 @@ pub mod checker;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod fs_run;
+#[cfg(madsim)]
+pub mod fs_target;
+#[cfg(madsim)]
 pub mod run;
 #[cfg(madsim)]
 pub mod schedule;

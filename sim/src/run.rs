@@ -154,7 +154,7 @@ pub fn client_options(planted_bug: Option<PlantedBug>) -> ClientOptions {
     }
 }
 
-fn server_options(planted_bug: Option<PlantedBug>) -> ServerOptions {
+pub fn server_options(planted_bug: Option<PlantedBug>) -> ServerOptions {
     ServerOptions {
         planted_bug,
         allow_fault_injection: false,
@@ -179,7 +179,7 @@ pub fn run_schedule(schedule: &Schedule) -> RunReport {
     runtime.block_on(simulate(schedule))
 }
 
-fn cluster_key_for(seed: u64) -> ClusterKey {
+pub fn cluster_key_for(seed: u64) -> ClusterKey {
     let mut bytes = [0u8; CLUSTER_KEY_BYTES];
     SeededRng::new(seed ^ 0xC1A5_7E12).fill(&mut bytes);
     ClusterKey::from_bytes(bytes)

@@ -217,6 +217,10 @@ impl<E: Env> FileSystem<E> {
         let (_, state) = self.cached(ino).await?;
         let mut state = state.lock_owned().await;
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
+        // In the order Linux checks: the name first, then what is linked.
+        if self.entry(new_parent, new_name).await?.is_some() {
+            return Err(Errno::EEXIST);
+        }
         if inode.is_directory() {
             return Err(Errno::EPERM);
         }
@@ -225,9 +229,6 @@ impl<E: Env> FileSystem<E> {
         }
         if inode.nlink >= LINK_MAX {
             return Err(Errno::EMLINK);
-        }
-        if self.entry(new_parent, new_name).await?.is_some() {
-            return Err(Errno::EEXIST);
         }
         self.flush_locked(ino, &mut state).await?;
         inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
@@ -382,13 +383,13 @@ impl<E: Env> FileSystem<E> {
         directories.insert(new_parent, self.directory(new_parent).await?);
         let source = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
         let target = self.entry(new_parent, new_name).await?;
-        if parent == new_parent && name == new_name {
-            return Ok(());
-        }
         match (mode, &target) {
             (RenameMode::NoReplace, Some(_)) => return Err(Errno::EEXIST),
             (RenameMode::Exchange, None) => return Err(Errno::ENOENT),
             _ => {}
+        }
+        if parent == new_parent && name == new_name {
+            return Ok(());
         }
         if let Some(target) = &target {
             if target.ino == source.ino {
