@@ -14,6 +14,8 @@ use votefs::config::{load_key_file, write_key_file, ClusterConfig};
 use votefs::disk::FileDisk;
 use votefs::env::tokio_env::os_random_fill;
 use votefs::env::{Env, TokioEnv};
+use votefs::local_cluster::{self, LocalCluster, LocalLayout, StartOptions};
+use votefs::mount::{check_mount_point, mount_and_serve, MountOptions};
 use votefs::proto::{InjectedFault, Request, Response};
 use votefs::quorum::{ClientOptions, OpenMode, QuorumClient, QuorumError};
 use votefs::record::{display_key, ClusterKey, CLUSTER_KEY_BYTES};
@@ -33,6 +35,57 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a local cluster (every server a supervised child process) and mount it; Ctrl-C
+    /// unmounts and stops everything.
+    ///
+    /// The data directory holds the cluster key (cluster.key, mode 0600), the cluster.toml every
+    /// other command can be pointed at, and each server's records, log and pid file
+    /// (bank-B-server-S/, bank-B-server-S.log, bank-B-server-S.pid). Server S of bank B listens on
+    /// 127.0.0.1, port BASE_PORT + B*1000 + S. A later run on the same directory reuses its key
+    /// and records; it must be given the same layout.
+    Up {
+        /// Where to mount the volume (an existing directory).
+        #[arg(required_unless_present = "no_mount")]
+        mountpoint: Option<PathBuf>,
+        /// Data directory (created if missing).
+        #[arg(long, default_value = local_cluster::DEFAULT_DATA_DIR)]
+        data: PathBuf,
+        /// Number of banks; every record is stored once in each.
+        #[arg(long, default_value_t = LocalLayout::default().banks)]
+        banks: usize,
+        /// Number of servers in each bank.
+        #[arg(long, default_value_t = LocalLayout::default().servers_per_bank)]
+        servers_per_bank: usize,
+        /// Port of bank 0's first server; bank B's ports start at BASE_PORT + B*1000.
+        #[arg(long, default_value_t = LocalLayout::default().base_port)]
+        base_port: u16,
+        /// Interval of the background refresh (scrub) pass, e.g. 60s, 500ms, 5m, 1h.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Let users other than the one mounting use the file system.
+        #[arg(long)]
+        allow_other: bool,
+        /// Run only the servers and their supervisor, without mounting, until Ctrl-C or SIGTERM.
+        #[arg(long, hide = true)]
+        no_mount: bool,
+        /// Start the servers with --allow-fault-injection (for demos, tests and chaos runs).
+        #[arg(long, hide = true)]
+        allow_fault_injection: bool,
+    },
+    /// Mount the volume of an existing cluster; Ctrl-C or SIGTERM unmounts.
+    Mount {
+        /// Where to mount the volume (an existing directory).
+        mountpoint: PathBuf,
+        /// The cluster file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Interval of the background refresh (scrub) pass, e.g. 60s, 500ms, 5m, 1h.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        refresh: Duration,
+        /// Let users other than the one mounting use the file system.
+        #[arg(long)]
+        allow_other: bool,
+    },
     /// Run one storage server.
     Server {
         /// Address to listen on (port 0 picks a free port; the chosen address is printed).
@@ -133,8 +186,11 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VOTEFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Colours only on a terminal: server logs are files, and tests read `up`'s stderr.
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -159,6 +215,49 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<ExitCode> {
     match command {
+        Command::Up {
+            mountpoint,
+            data,
+            banks,
+            servers_per_bank,
+            base_port,
+            refresh,
+            allow_other,
+            no_mount,
+            allow_fault_injection,
+        } => {
+            let layout = LocalLayout {
+                banks,
+                servers_per_bank,
+                base_port,
+            };
+            let mount = match (no_mount, mountpoint) {
+                (false, Some(mountpoint)) => Some((
+                    mountpoint,
+                    MountOptions {
+                        refresh_interval: refresh,
+                        allow_other,
+                    },
+                )),
+                _ => None,
+            };
+            up(&data, layout, mount, allow_fault_injection).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Mount {
+            mountpoint,
+            cluster,
+            refresh,
+            allow_other,
+        } => {
+            let config = ClusterConfig::load(&cluster)?;
+            let options = MountOptions {
+                refresh_interval: refresh,
+                allow_other,
+            };
+            mount_and_serve(&config, &mountpoint, options, shutdown_signal()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Server {
             listen,
             data,
@@ -217,6 +316,96 @@ async fn run(command: Command) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// `votefs up`: start the local cluster in `data`, then mount it (or, without `mount`, just wait)
+/// until SIGINT or SIGTERM, and stop every server whatever the mount returned.
+async fn up(
+    data: &Path,
+    layout: LocalLayout,
+    mount: Option<(PathBuf, MountOptions)>,
+    allow_fault_injection: bool,
+) -> Result<()> {
+    layout.validate()?;
+    if let Some((mountpoint, _)) = &mount {
+        // Fail before starting any server (the mount checks again).
+        check_mount_point(mountpoint)?;
+    }
+    // Installed before any server starts, so that a signal during startup is not lost.
+    let shutdown = shutdown_signal()?;
+    let prepared = local_cluster::prepare(data, layout)?;
+    let executable =
+        std::env::current_exe().context("cannot find the votefs executable to run servers")?;
+    let mut options = StartOptions::new(executable);
+    options.allow_fault_injection = allow_fault_injection;
+    let cluster = LocalCluster::start(prepared, options).await?;
+    let result = match mount {
+        Some((mountpoint, options)) => {
+            mount_and_serve(cluster.config(), &mountpoint, options, shutdown).await
+        }
+        None => {
+            eprintln!("cluster file: {}", cluster.cluster_file().display());
+            eprintln!("servers running; press Ctrl-C to stop");
+            shutdown.await;
+            Ok(())
+        }
+    };
+    cluster.stop().await;
+    result
+}
+
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed now, so a signal that
+/// arrives before the future is polled still ends it.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
+/// Parse a duration such as `60s`, `500ms`, `5m` or `1h` (a whole number and a unit).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|character: char| !character.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    if number.is_empty() {
+        return Err(format!(
+            "{text:?} is not a duration: expected a whole number and a unit, e.g. 60s, 500ms, 5m, 1h"
+        ));
+    }
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: {number} is too large"))?;
+    let milliseconds_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60 * 1000,
+        "h" => 60 * 60 * 1000,
+        "" => {
+            return Err(format!(
+                "{text:?} has no unit: write e.g. {number}s (units: ms, s, m, h)"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (units: ms, s, m, h)"
+            ))
+        }
+    };
+    let milliseconds = count
+        .checked_mul(milliseconds_per_unit)
+        .ok_or_else(|| format!("{text:?} is too long"))?;
+    if milliseconds == 0 {
+        return Err(format!("{text:?}: the duration must be greater than zero"));
+    }
+    Ok(Duration::from_millis(milliseconds))
 }
 
 async fn run_server(
