@@ -13,6 +13,9 @@ pub enum PlantedBug {
     SkipWriteBack,
     /// A server stores a put even when it already holds a newer version (a rollback).
     ServerAcceptsOlderVersion,
+    /// The file system applies a multi-record operation's steps without storing its intent
+    /// first, so a crash can leave it half done.
+    SkipIntent,
 }
 
 impl PlantedBug {
@@ -21,4 +24,7 @@ impl PlantedBug {
         PlantedBug::SkipWriteBack,
         PlantedBug::ServerAcceptsOlderVersion,
     ];
+
+    /// The bugs the file-system sweep must catch.
+    pub const FILE_SYSTEM: [PlantedBug; 1] = [PlantedBug::SkipIntent];
 }

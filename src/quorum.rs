@@ -765,6 +765,11 @@ impl<E: Env> QuorumClient<E> {
         }
     }
 
+    /// The planted bug this client runs with (only the simulator's self-test sets one).
+    pub fn planted_bug(&self) -> Option<PlantedBug> {
+        self.inner.options.planted_bug
+    }
+
     pub fn volume(&self) -> VolumeId {
         self.inner.volume
     }

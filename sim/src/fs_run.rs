@@ -15,6 +15,7 @@ use madsim::runtime::{Handle, NodeHandle};
 
 use votefs::env::Env;
 use votefs::fs::{FileSystem, RecoveryReport};
+use votefs::planted::PlantedBug;
 use votefs::quorum::{OpenMode, QuorumClient};
 use votefs::rng::SeededRng;
 use votefs::verify::compare::{compare, ComparisonOptions};
@@ -29,6 +30,8 @@ use crate::sim_env::SimEnv;
 
 const BANKS: usize = 3;
 const SERVERS_PER_BANK: usize = 2;
+/// Mount crashes per schedule (at operations that must be atomic).
+const CLIENT_CRASHES: usize = 4;
 
 /// What one file-system schedule did and found.
 #[derive(Clone, Debug, Default)]
@@ -56,10 +59,19 @@ impl FsRunReport {
 }
 
 pub fn run_fs_schedule(seed: u64, operations: usize) -> FsRunReport {
+    run_fs_schedule_with(seed, operations, None)
+}
+
+/// As [`run_fs_schedule`], with a planted bug in every mount (the harness's self-test).
+pub fn run_fs_schedule_with(
+    seed: u64,
+    operations: usize,
+    planted_bug: Option<PlantedBug>,
+) -> FsRunReport {
     let mut runtime =
         madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     runtime.set_time_limit(Duration::from_secs(3600));
-    runtime.block_on(simulate(seed, operations))
+    runtime.block_on(simulate(seed, operations, planted_bug))
 }
 
 fn now(env: &SimEnv) -> Timestamp {
@@ -95,6 +107,7 @@ async fn mount(
     env: &SimEnv,
     cluster: &Arc<Mutex<SimCluster>>,
     number: u8,
+    planted_bug: Option<PlantedBug>,
 ) -> Result<(Mount, RecoveryReport), String> {
     let (placement, key) = {
         let cluster = cluster.lock().unwrap();
@@ -115,7 +128,7 @@ async fn mount(
                     task_env.clone(),
                     placement.clone(),
                     key.clone(),
-                    client_options(None),
+                    client_options(planted_bug),
                     OpenMode::Writer,
                 )
                 .await
@@ -349,7 +362,11 @@ async fn run_server_faults(
     applied
 }
 
-async fn simulate(seed: u64, operation_count: usize) -> FsRunReport {
+async fn simulate(
+    seed: u64,
+    operation_count: usize,
+    planted_bug: Option<PlantedBug>,
+) -> FsRunReport {
     let env = SimEnv::default();
     let cluster_key = cluster_key_for(seed);
     let cluster = Arc::new(Mutex::new(SimCluster::start(
@@ -370,7 +387,7 @@ async fn simulate(seed: u64, operation_count: usize) -> FsRunReport {
     let mut model = Model::new(model_options(), now(&env));
     let options = comparison_options();
     let mut mounts = 0u8;
-    let (mut current, _) = match mount(&env, &cluster, mounts).await {
+    let (mut current, _) = match mount(&env, &cluster, mounts, planted_bug).await {
         Ok(mounted) => mounted,
         Err(why) => {
             report.failures.push(format!("the first mount failed: {why}"));
@@ -379,7 +396,7 @@ async fn simulate(seed: u64, operation_count: usize) -> FsRunReport {
     };
     let mut retired = vec![current.node.id()];
     mounts += 1;
-    let crash_points: Vec<usize> = (0..2)
+    let crash_points: Vec<usize> = (0..CLIENT_CRASHES)
         .map(|_| operation_count / 4 + rng.below((operation_count * 3 / 4).max(1) as u64) as usize)
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -405,7 +422,7 @@ async fn simulate(seed: u64, operation_count: usize) -> FsRunReport {
             Handle::current().kill(current.node.id());
             drop(handle);
             report.client_crashes += 1;
-            let (mounted, recovery) = match mount(&env, &cluster, mounts).await {
+            let (mounted, recovery) = match mount(&env, &cluster, mounts, planted_bug).await {
                 Ok(mounted) => mounted,
                 Err(why) => {
                     report
@@ -512,7 +529,7 @@ async fn final_checks(
         return;
     }
     Handle::current().kill(current.node.id());
-    let (fresh, _) = match mount(env, cluster, mounts).await {
+    let (fresh, _) = match mount(env, cluster, mounts, None).await {
         Ok(mounted) => mounted,
         Err(why) => {
             report.failures.push(format!("the final mount failed: {why}"));

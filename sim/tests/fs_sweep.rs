@@ -74,3 +74,14 @@ fn replay_one_fs_seed() {
     eprintln!("{report:#?}");
     assert!(report.passed(), "{}", describe(&report));
 }
+
+#[test]
+fn planted_file_system_bugs_are_caught() {
+    use votefs::planted::PlantedBug;
+    use votefs_sim::fs_run::run_fs_schedule_with;
+    for bug in PlantedBug::FILE_SYSTEM {
+        let caught = (1..=4 * DEFAULT_SEEDS).find(|seed| !run_fs_schedule_with(*seed, OPERATIONS, Some(bug)).passed());
+        assert!(caught.is_some(), "{bug:?} survived {} file-system schedules", 4 * DEFAULT_SEEDS);
+        eprintln!("{bug:?} caught by seed {}", caught.unwrap());
+    }
+}
