@@ -129,6 +129,16 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Check the file system's records (entries, link counts, unreachable inodes) and with
+    /// --repair fix them. Opening the volume fences any mount: unmount it first.
+    Fsck {
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Fix what is found: dangling entries go, counts are set, unreachable inodes are linked
+        /// into /lost+found.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Damage one server's copy of a key (the server must allow fault injection).
     Inject {
         #[arg(long)]
@@ -290,6 +300,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             server,
             key,
         } => dump(&cluster, server, key).await,
+        Command::Fsck { cluster, repair } => fsck(&cluster, repair).await,
         Command::Inject {
             cluster,
             server,
@@ -451,6 +462,47 @@ async fn run_server(
     };
     server.serve(listener, shutdown).await?;
     Ok(())
+}
+
+/// `votefs fsck`: exit 0 when the file system is consistent (or was repaired), 1 when problems
+/// remain.
+async fn fsck(cluster: &Path, repair: bool) -> Result<ExitCode> {
+    let client = open_client(cluster, OpenMode::Writer).await?;
+    let (file_system, recovery) =
+        votefs::fs::FileSystem::mount(TokioEnv::new(), client)
+            .await
+            .map_err(|errno| anyhow!("cannot open the file system: {errno}"))?;
+    if let Some((operation, redone)) = recovery.intent_redone {
+        println!("finished an interrupted {operation} ({redone} records redone)");
+    }
+    if recovery.orphans_removed > 0 {
+        println!("removed {} files unlinked while open", recovery.orphans_removed);
+    }
+    if repair {
+        let repaired = file_system
+            .check_and_repair()
+            .await
+            .map_err(|errno| anyhow!("the repair failed: {errno}"))?;
+        for problem in &repaired {
+            println!("repaired: {problem}");
+        }
+        println!("{} problems repaired; the file system is consistent", repaired.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let problems = file_system
+        .check()
+        .await
+        .map_err(|errno| anyhow!("the check failed: {errno}"))?;
+    for problem in &problems {
+        println!("problem: {problem}");
+    }
+    if problems.is_empty() {
+        println!("the file system is consistent");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{} problems found; run with --repair to fix them", problems.len());
+        Ok(ExitCode::from(1))
+    }
 }
 
 fn load_cluster(path: &Path) -> Result<(ClusterConfig, ClusterKey)> {

@@ -11,7 +11,7 @@
 //! takes that inode's lock after the namespace lock; a data operation never waits for the
 //! namespace lock, so there is no lock cycle.
 
-mod check;
+pub mod check;
 mod data;
 mod errno;
 mod intent;
