@@ -187,3 +187,59 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
     mounted.stop().expect("unmounting");
 }
+
+/// Run `votefs mount` and expect it to fail with a one-line message containing `expected`.
+fn assert_mount_fails(cluster: &TestCluster, config: &Path, mountpoint: &Path, expected: &str) {
+    let output = cluster.votefs(&[
+        "mount",
+        mountpoint.to_str().unwrap(),
+        "--cluster",
+        config.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "mount succeeded: {stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("votefs: ") && last.contains(expected),
+        "expected a message about {expected:?}, got:\n{stderr}"
+    );
+}
+
+#[test]
+fn mount_refuses_a_dead_cluster_a_wrong_key_and_a_busy_mount_point() {
+    let mut cluster = TestCluster::start_default();
+    let mountpoint = cluster.directory().join("mnt");
+    std::fs::create_dir_all(&mountpoint).unwrap();
+
+    // A key that is not the cluster's.
+    let wrong_key = cluster.directory().join("wrong.key");
+    votefs::config::write_key_file(
+        &wrong_key,
+        &votefs::record::ClusterKey::from_bytes([9; votefs::record::CLUSTER_KEY_BYTES]),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(cluster.config_path()).unwrap();
+    let wrong_config = cluster.directory().join("wrong.toml");
+    std::fs::write(
+        &wrong_config,
+        text.replace("key_file = \"cluster.key\"", "key_file = \"wrong.key\""),
+    )
+    .unwrap();
+    assert_mount_fails(&cluster, &wrong_config, &mountpoint, "key");
+
+    // A busy mount point: mounted already.
+    let mounted = Mounted::start(cluster.config_path(), &mountpoint, quick_refresh());
+    assert_mount_fails(
+        &cluster,
+        cluster.config_path(),
+        &mountpoint,
+        "already a mount point",
+    );
+    mounted.stop().expect("unmounting");
+
+    // No server answers.
+    for bank in 0..3 {
+        cluster.kill_bank(bank);
+    }
+    assert_mount_fails(&cluster, cluster.config_path(), &mountpoint, "cannot open the volume");
+}
