@@ -87,6 +87,23 @@ impl<E: Env> FileSystem<E> {
             match step {
                 IntentStep::PutInode(inode) => self.set_cached_inode(inode.clone()),
                 IntentStep::DeleteInode(ino) => self.forget_cached_inode(*ino),
+                IntentStep::PutEntry {
+                    directory,
+                    name,
+                    entry,
+                } => self
+                    .shared
+                    .entries
+                    .lock()
+                    .unwrap()
+                    .insert(*directory, name, Some(*entry)),
+                IntentStep::DeleteEntry { directory, name } => {
+                    self.shared
+                        .entries
+                        .lock()
+                        .unwrap()
+                        .insert(*directory, name, None)
+                }
                 _ => {}
             }
         }

@@ -39,6 +39,9 @@ const INODE_RESERVATION: u64 = 1024;
 /// Inodes kept in memory beyond the open and locked ones.
 const INODE_CACHE_CAPACITY: usize = 65_536;
 
+/// Directory entries (present or known absent) kept in memory.
+const ENTRY_CACHE_CAPACITY: usize = 100_000;
+
 /// Clean chunks kept for reads.
 const CLEAN_CHUNK_CACHE_CAPACITY: usize = 64;
 
@@ -137,6 +140,7 @@ struct Shared<E: Env> {
     namespace: AsyncMutex<NamespaceState>,
     inodes: StdMutex<BTreeMap<InodeNumber, CachedInode>>,
     clean_chunks: StdMutex<tasks::ChunkCache>,
+    entries: StdMutex<tasks::EntryCache>,
     handles: StdMutex<BTreeMap<u64, InodeNumber>>,
     next_handle: std::sync::atomic::AtomicU64,
 }
@@ -190,6 +194,7 @@ impl<E: Env> FileSystem<E> {
             namespace: AsyncMutex::new(NamespaceState::default()),
             inodes: StdMutex::new(BTreeMap::new()),
             clean_chunks: StdMutex::new(tasks::ChunkCache::new(CLEAN_CHUNK_CACHE_CAPACITY)),
+            entries: StdMutex::new(tasks::EntryCache::new(ENTRY_CACHE_CAPACITY)),
             handles: StdMutex::new(BTreeMap::new()),
             next_handle: std::sync::atomic::AtomicU64::new(1),
         });

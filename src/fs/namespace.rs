@@ -54,11 +54,21 @@ impl<E: Env> FileSystem<E> {
         directory: InodeNumber,
         name: &[u8],
     ) -> Result<Option<DirectoryEntry>, Errno> {
-        let key = keys::directory_entry(directory, name);
-        match self.shared.client.get(&key).await.map_err(io_error)? {
-            Some(bytes) => Ok(Some(decode(&key, &bytes)?)),
-            None => Ok(None),
+        if let Some(known) = self.shared.entries.lock().unwrap().get(directory, name) {
+            return Ok(known);
         }
+        let key = keys::directory_entry(directory, name);
+        let entry = match self.shared.client.get(&key).await.map_err(io_error)? {
+            Some(bytes) => Some(decode(&key, &bytes)?),
+            None => None,
+        };
+        // A namespace operation may have changed the entry while this read was out; what it put
+        // in the cache is newer than this answer, so only an empty slot is filled.
+        let mut entries = self.shared.entries.lock().unwrap();
+        if entries.get(directory, name).is_none() {
+            entries.insert(directory, name, entry);
+        }
+        Ok(entry)
     }
 
     pub async fn lookup(&self, parent: InodeNumber, name: &[u8]) -> Result<Inode, Errno> {

@@ -105,3 +105,51 @@ impl ChunkCache {
         }
     }
 }
+
+/// Directory entries this mount has seen or made, present or known absent. The mount is the
+/// volume's only writer, so an entry it has seen can change only through it; evicted oldest
+/// first.
+pub struct EntryCache {
+    capacity: usize,
+    entries: BTreeMap<(InodeNumber, Vec<u8>), Option<super::DirectoryEntry>>,
+    order: VecDeque<(InodeNumber, Vec<u8>)>,
+}
+
+impl EntryCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: BTreeMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// `Some(entry)` when known (`entry` is `None` for a name known to be absent).
+    pub fn get(
+        &self,
+        directory: InodeNumber,
+        name: &[u8],
+    ) -> Option<Option<super::DirectoryEntry>> {
+        self.entries.get(&(directory, name.to_vec())).copied()
+    }
+
+    pub fn insert(
+        &mut self,
+        directory: InodeNumber,
+        name: &[u8],
+        entry: Option<super::DirectoryEntry>,
+    ) {
+        let key = (directory, name.to_vec());
+        if self.entries.insert(key.clone(), entry).is_none() {
+            self.order.push_back(key);
+        }
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
+            }
+        }
+    }
+}
