@@ -28,7 +28,7 @@ use crate::fs::{
 
 /// How long the kernel may trust attributes and entries. This mount is the volume's only writer,
 /// so nothing changes behind the kernel's back except through this adapter.
-const ATTRIBUTE_TTL: Duration = Duration::from_secs(1);
+const ATTRIBUTE_TTL: Duration = Duration::from_secs(30);
 
 /// Largest write the kernel sends at once.
 const MAX_WRITE_BYTES: u32 = 1024 * 1024;
@@ -301,9 +301,9 @@ impl Filesystem for FuseAdapter {
 
     fn rmdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(|fs| async move {
-            reply_empty(reply, fs.remove_directory(parent.0, &name).await)
-        });
+        self.spawn(
+            |fs| async move { reply_empty(reply, fs.remove_directory(parent.0, &name).await) },
+        );
     }
 
     fn symlink(
@@ -318,7 +318,10 @@ impl Filesystem for FuseAdapter {
         let target = target.as_os_str().as_bytes().to_vec();
         let caller = caller(request);
         self.spawn(|fs| async move {
-            reply_entry(reply, fs.make_symlink(parent.0, &name, &target, caller).await)
+            reply_entry(
+                reply,
+                fs.make_symlink(parent.0, &name, &target, caller).await,
+            )
         });
     }
 
@@ -561,7 +564,14 @@ impl Filesystem for FuseAdapter {
         });
     }
 
-    fn getxattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _request: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
+        reply: ReplyXattr,
+    ) {
         let name = name_bytes(name);
         self.spawn(|fs| async move {
             reply_xattr(reply, size, fs.get_extended_attribute(ino.0, &name).await)

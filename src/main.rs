@@ -468,15 +468,17 @@ async fn run_server(
 /// remain.
 async fn fsck(cluster: &Path, repair: bool) -> Result<ExitCode> {
     let client = open_client(cluster, OpenMode::Writer).await?;
-    let (file_system, recovery) =
-        votefs::fs::FileSystem::mount(TokioEnv::new(), client)
-            .await
-            .map_err(|errno| anyhow!("cannot open the file system: {errno}"))?;
+    let (file_system, recovery) = votefs::fs::FileSystem::mount(TokioEnv::new(), client)
+        .await
+        .map_err(|errno| anyhow!("cannot open the file system: {errno}"))?;
     if let Some((operation, redone)) = recovery.intent_redone {
         println!("finished an interrupted {operation} ({redone} records redone)");
     }
     if recovery.orphans_removed > 0 {
-        println!("removed {} files unlinked while open", recovery.orphans_removed);
+        println!(
+            "removed {} files unlinked while open",
+            recovery.orphans_removed
+        );
     }
     if repair {
         let repaired = file_system
@@ -486,7 +488,10 @@ async fn fsck(cluster: &Path, repair: bool) -> Result<ExitCode> {
         for problem in &repaired {
             println!("repaired: {problem}");
         }
-        println!("{} problems repaired; the file system is consistent", repaired.len());
+        println!(
+            "{} problems repaired; the file system is consistent",
+            repaired.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let problems = file_system
@@ -500,7 +505,10 @@ async fn fsck(cluster: &Path, repair: bool) -> Result<ExitCode> {
         println!("the file system is consistent");
         Ok(ExitCode::SUCCESS)
     } else {
-        println!("{} problems found; run with --repair to fix them", problems.len());
+        println!(
+            "{} problems found; run with --repair to fix them",
+            problems.len()
+        );
         Ok(ExitCode::from(1))
     }
 }

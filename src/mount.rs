@@ -92,7 +92,12 @@ pub async fn mount_and_serve(
         OpenMode::Writer,
     )
     .await
-    .map_err(|error| anyhow!("cannot open the volume of {}: {error}", cluster.path.display()))?;
+    .map_err(|error| {
+        anyhow!(
+            "cannot open the volume of {}: {error}",
+            cluster.path.display()
+        )
+    })?;
     let (file_system, report) = FileSystem::mount(env, client.clone())
         .await
         .map_err(|errno| anyhow!("cannot open the file system: {errno}"))?;

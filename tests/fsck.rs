@@ -56,9 +56,15 @@ fn fsck_finds_and_repairs_damage() {
     let found = cluster.votefs(&["fsck", "--cluster", &config]);
     let report = String::from_utf8_lossy(&found.stdout).to_string();
     assert_eq!(found.status.code(), Some(1), "{found:?}");
-    assert!(report.contains(&format!("names missing inode {g}")), "{report}");
+    assert!(
+        report.contains(&format!("names missing inode {g}")),
+        "{report}"
+    );
     assert!(report.contains("should have link count 1"), "{report}");
-    assert!(report.contains(&format!("inode {h} is stored but no entry names it")), "{report}");
+    assert!(
+        report.contains(&format!("inode {h} is stored but no entry names it")),
+        "{report}"
+    );
 
     let repaired = cluster.votefs(&["fsck", "--cluster", &config, "--repair"]);
     assert!(repaired.status.success(), "{repaired:?}");

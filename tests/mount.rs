@@ -60,7 +60,9 @@ fn acceptance_list_as_a_user_types_it() {
     assert!(long_listing.starts_with("total"), "{long_listing}");
     for name in ["d", "li", "ji"] {
         assert!(
-            long_listing.lines().any(|line| line.ends_with(&format!(" {name}"))),
+            long_listing
+                .lines()
+                .any(|line| line.ends_with(&format!(" {name}"))),
             "{name} missing from:\n{long_listing}"
         );
     }
@@ -107,7 +109,10 @@ fn chunk_key(ino: u64, index: u64) -> Vec<u8> {
 fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + limit;
     while !check() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting: {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -151,10 +156,19 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
     let key_text = String::from_utf8(key.clone()).unwrap();
     let config = cluster.config_path().to_str().unwrap().to_string();
     let output = cluster.votefs(&[
-        "inject", "--cluster", &config, "--server", &address, "corrupt", "--key", &key_text,
+        "inject",
+        "--cluster",
+        &config,
+        "--server",
+        &address,
+        "corrupt",
+        "--key",
+        &key_text,
     ]);
     assert!(output.status.success(), "{output:?}");
-    let entry = runtime.block_on(common::dump_entry(&admin, victim, &key)).unwrap();
+    let entry = runtime
+        .block_on(common::dump_entry(&admin, victim, &key))
+        .unwrap();
     assert!(!entry.tag_ok || !entry.checksum_ok, "{entry:?}");
     let mounted = Mounted::start(cluster.config_path(), &mountpoint, options);
     let root = mounted.path().to_path_buf();
@@ -173,17 +187,28 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
     let emptied = cluster.placement().owners(&chunk_key(ino, 2))[1];
     cluster.restart_empty(emptied);
     let wanted = chunk_key(ino, 2);
-    wait_until("the emptied server refilled", Duration::from_secs(60), || {
-        runtime
-            .block_on(common::dump_entry(&admin, emptied, &wanted))
-            .is_some_and(|entry| entry.tag_ok && !entry.lost)
-    });
-    wait_until("the emptied server healthy", Duration::from_secs(60), || {
-        matches!(
-            runtime.block_on(common::identify(&admin, emptied)).state,
-            votefs::proto::ServerState::Member { recovering: false, .. }
-        )
-    });
+    wait_until(
+        "the emptied server refilled",
+        Duration::from_secs(60),
+        || {
+            runtime
+                .block_on(common::dump_entry(&admin, emptied, &wanted))
+                .is_some_and(|entry| entry.tag_ok && !entry.lost)
+        },
+    );
+    wait_until(
+        "the emptied server healthy",
+        Duration::from_secs(60),
+        || {
+            matches!(
+                runtime.block_on(common::identify(&admin, emptied)).state,
+                votefs::proto::ServerState::Member {
+                    recovering: false,
+                    ..
+                }
+            )
+        },
+    );
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
     mounted.stop().expect("unmounting");
 }
@@ -241,5 +266,10 @@ fn mount_refuses_a_dead_cluster_a_wrong_key_and_a_busy_mount_point() {
     for bank in 0..3 {
         cluster.kill_bank(bank);
     }
-    assert_mount_fails(&cluster, cluster.config_path(), &mountpoint, "cannot open the volume");
+    assert_mount_fails(
+        &cluster,
+        cluster.config_path(),
+        &mountpoint,
+        "cannot open the volume",
+    );
 }

@@ -14,7 +14,11 @@ use votefs::mount::MountOptions;
 /// A checker installed by `ci/setup` (`cargo install --locked ...`), from PATH or cargo's bin.
 fn checker(name: &str) -> PathBuf {
     let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join(name)).collect())
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join(name))
+                .collect()
+        })
         .unwrap_or_default();
     if let Some(home) = std::env::var_os("CARGO_HOME") {
         candidates.push(Path::new(&home).join("bin").join(name));
@@ -85,7 +89,12 @@ entries = [["nobody", "nogroup"], ["daemon", "daemon"]]
         .lines()
         .rev()
         .find(|line| line.starts_with("Summary:"))
-        .unwrap_or_else(|| panic!("pjdfstest printed no summary:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "pjdfstest printed no summary:\n{stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
     let failures: Vec<&str> = stdout
         .lines()
         .filter(|line| line.trim_end().ends_with("FAILED") || line.starts_with('\t'))
@@ -138,7 +147,11 @@ fn fsx_finds_no_corruption() {
     // fsx 0.3.2: once [weights] exists, unnamed weights default to 10, so mmap is turned off by
     // naming all three of its operations.
     let no_mmap = cluster.directory().join("fsx-no-mmap.toml");
-    std::fs::write(&no_mmap, "[weights]\nmapread = 0\nmapwrite = 0\ninvalidate = 0\n").unwrap();
+    std::fs::write(
+        &no_mmap,
+        "[weights]\nmapread = 0\nmapwrite = 0\ninvalidate = 0\n",
+    )
+    .unwrap();
     run_fsx(&mounted, "fsx-plain", 100_000, 42, Some(&no_mmap));
     // fsx never unmaps after a mapped read: keep runs with mmap short.
     run_fsx(&mounted, "fsx-mmap", 10_000, 7, None);

@@ -252,7 +252,10 @@ where
 async fn model_snapshot(model: &Model) -> Result<Snapshot, String> {
     let model = Mutex::new(model.clone());
     snapshot(|operation| {
-        let response = model.lock().unwrap().apply(&operation, Timestamp::default());
+        let response = model
+            .lock()
+            .unwrap()
+            .apply(&operation, Timestamp::default());
         async move { response }
     })
     .await
@@ -390,7 +393,9 @@ async fn simulate(
     let (mut current, _) = match mount(&env, &cluster, mounts, planted_bug).await {
         Ok(mounted) => mounted,
         Err(why) => {
-            report.failures.push(format!("the first mount failed: {why}"));
+            report
+                .failures
+                .push(format!("the first mount failed: {why}"));
             return finish(report, &env, &cluster, Vec::new());
         }
     };
@@ -425,9 +430,9 @@ async fn simulate(
             let (mounted, recovery) = match mount(&env, &cluster, mounts, planted_bug).await {
                 Ok(mounted) => mounted,
                 Err(why) => {
-                    report
-                        .failures
-                        .push(format!("remount after crash at operation {index} failed: {why}"));
+                    report.failures.push(format!(
+                        "remount after crash at operation {index} failed: {why}"
+                    ));
                     break;
                 }
             };
@@ -440,9 +445,9 @@ async fn simulate(
             let actual = match mount_snapshot(&current).await {
                 Ok(snapshot) => snapshot,
                 Err(why) => {
-                    report
-                        .failures
-                        .push(format!("after the crash at operation {index} ({operation}): {why}"));
+                    report.failures.push(format!(
+                        "after the crash at operation {index} ({operation}): {why}"
+                    ));
                     break;
                 }
             };
@@ -532,7 +537,9 @@ async fn final_checks(
     let (fresh, _) = match mount(env, cluster, mounts, None).await {
         Ok(mounted) => mounted,
         Err(why) => {
-            report.failures.push(format!("the final mount failed: {why}"));
+            report
+                .failures
+                .push(format!("the final mount failed: {why}"));
             return;
         }
     };
@@ -543,13 +550,12 @@ async fn final_checks(
             "the final tree differs from the model: {}",
             describe_difference(&expected, &actual)
         )),
-        Err(why) => report.failures.push(format!("the final walk failed: {why}")),
+        Err(why) => report
+            .failures
+            .push(format!("the final walk failed: {why}")),
     }
     let fs = fresh.target.fs.clone();
-    let checked = fresh
-        .node
-        .spawn(async move { fs.check().await })
-        .await;
+    let checked = fresh.node.spawn(async move { fs.check().await }).await;
     match checked {
         Ok(Ok(problems)) if problems.is_empty() => {}
         Ok(Ok(problems)) => report

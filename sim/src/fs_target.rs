@@ -95,8 +95,7 @@ impl<E: Env> PathTarget<E> {
                 }
                 let target = inode.symlink_target.clone();
                 let (start, target_components) = split_target(&target, directory);
-                let resolved =
-                    Box::pin(self.walk(start, &target_components, true, walk)).await?;
+                let resolved = Box::pin(self.walk(start, &target_components, true, walk)).await?;
                 if !last {
                     directory = resolved;
                     continue;
@@ -113,8 +112,13 @@ impl<E: Env> PathTarget<E> {
 
     async fn resolve(&self, path: &FsPath, follow_last: bool) -> Result<u64, Errno> {
         let components: Vec<Vec<u8>> = path.components().map(|name| name.to_vec()).collect();
-        self.walk(ROOT_INODE, &components, follow_last, &mut Walk { followed: 0 })
-            .await
+        self.walk(
+            ROOT_INODE,
+            &components,
+            follow_last,
+            &mut Walk { followed: 0 },
+        )
+        .await
     }
 
     /// The directory holding `path` and the last name (not resolved).
@@ -159,7 +163,14 @@ impl<E: Env> PathTarget<E> {
                 }
                 let inode = self
                     .fs
-                    .make_node(directory, &name, FsKind::Regular, mode & 0o7777 & !UMASK, 0, root)
+                    .make_node(
+                        directory,
+                        &name,
+                        FsKind::Regular,
+                        mode & 0o7777 & !UMASK,
+                        0,
+                        root,
+                    )
                     .await
                     .map_err(errno)?;
                 let handle = self.fs.open(inode.ino).await.map_err(errno)?;
@@ -228,7 +239,10 @@ impl<E: Env> PathTarget<E> {
             Operation::Link { from, to } => {
                 let source = self.resolve(from, false).await?;
                 let (directory, name) = self.parent(to).await?;
-                self.fs.link(source, directory, &name).await.map_err(errno)?;
+                self.fs
+                    .link(source, directory, &name)
+                    .await
+                    .map_err(errno)?;
                 Ok(Reply::Done)
             }
             Operation::Symlink { target, path } => {
@@ -360,10 +374,7 @@ impl<E: Env> PathTarget<E> {
             Operation::ListXattr { path } => {
                 let ino = self.resolve(path, true).await?;
                 Ok(Reply::Names(
-                    self.fs
-                        .list_extended_attributes(ino)
-                        .await
-                        .map_err(errno)?,
+                    self.fs.list_extended_attributes(ino).await.map_err(errno)?,
                 ))
             }
             Operation::RemoveXattr { path, name } => {

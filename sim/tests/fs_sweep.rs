@@ -47,11 +47,26 @@ fn file_system_sweep() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     // The harness bites only if the interesting paths happened.
-    assert!(totals.client_crashes >= seeds, "too few client crashes: {totals:?}");
-    assert!(totals.intents_redone > 0, "no crash ever left an intent to redo: {totals:?}");
-    assert!(totals.interrupted_done > 0, "no interrupted operation was ever found done");
-    assert!(totals.interrupted_done < totals.client_crashes, "no interrupted operation was ever found undone");
-    assert!(totals.server_faults > seeds, "too few server faults: {totals:?}");
+    assert!(
+        totals.client_crashes >= seeds,
+        "too few client crashes: {totals:?}"
+    );
+    assert!(
+        totals.intents_redone > 0,
+        "no crash ever left an intent to redo: {totals:?}"
+    );
+    assert!(
+        totals.interrupted_done > 0,
+        "no interrupted operation was ever found done"
+    );
+    assert!(
+        totals.interrupted_done < totals.client_crashes,
+        "no interrupted operation was ever found undone"
+    );
+    assert!(
+        totals.server_faults > seeds,
+        "too few server faults: {totals:?}"
+    );
 }
 
 #[test]
@@ -59,7 +74,10 @@ fn file_system_schedules_replay_exactly() {
     for seed in [3, 17] {
         let first = run_fs_schedule(seed, 80);
         let second = run_fs_schedule(seed, 80);
-        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} did not replay");
+        assert_eq!(
+            first.trace_hash, second.trace_hash,
+            "seed {seed} did not replay"
+        );
         assert_eq!(first.operations, second.operations);
     }
 }
@@ -80,8 +98,13 @@ fn planted_file_system_bugs_are_caught() {
     use votefs::planted::PlantedBug;
     use votefs_sim::fs_run::run_fs_schedule_with;
     for bug in PlantedBug::FILE_SYSTEM {
-        let caught = (1..=4 * DEFAULT_SEEDS).find(|seed| !run_fs_schedule_with(*seed, OPERATIONS, Some(bug)).passed());
-        assert!(caught.is_some(), "{bug:?} survived {} file-system schedules", 4 * DEFAULT_SEEDS);
+        let caught = (1..=4 * DEFAULT_SEEDS)
+            .find(|seed| !run_fs_schedule_with(*seed, OPERATIONS, Some(bug)).passed());
+        assert!(
+            caught.is_some(),
+            "{bug:?} survived {} file-system schedules",
+            4 * DEFAULT_SEEDS
+        );
         eprintln!("{bug:?} caught by seed {}", caught.unwrap());
     }
 }

@@ -16,13 +16,28 @@ pub const LOST_AND_FOUND: &[u8] = b"lost+found";
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Problem {
     /// The entry names an inode that does not exist: the entry is removed.
-    DanglingEntry { directory: InodeNumber, name: Vec<u8>, ino: InodeNumber },
+    DanglingEntry {
+        directory: InodeNumber,
+        name: Vec<u8>,
+        ino: InodeNumber,
+    },
     /// The entry's kind is not its inode's: the entry is corrected.
-    WrongEntryKind { directory: InodeNumber, name: Vec<u8>, entry: DirectoryEntry },
+    WrongEntryKind {
+        directory: InodeNumber,
+        name: Vec<u8>,
+        entry: DirectoryEntry,
+    },
     /// A directory names another parent than the one holding it: the parent is corrected.
-    WrongParent { ino: InodeNumber, parent: InodeNumber },
+    WrongParent {
+        ino: InodeNumber,
+        parent: InodeNumber,
+    },
     /// A link count (or a directory's entry count) differs from what the entries make: set.
-    WrongCounts { ino: InodeNumber, nlink: u32, size: Option<u64> },
+    WrongCounts {
+        ino: InodeNumber,
+        nlink: u32,
+        size: Option<u64>,
+    },
     /// Stored, not orphaned, and named by no entry: linked into `/lost+found`.
     Unreachable { ino: InodeNumber },
 }
@@ -30,12 +45,20 @@ pub enum Problem {
 impl std::fmt::Display for Problem {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Problem::DanglingEntry { directory, name, ino } => write!(
+            Problem::DanglingEntry {
+                directory,
+                name,
+                ino,
+            } => write!(
                 formatter,
                 "entry {:?} in directory {directory} names missing inode {ino}",
                 String::from_utf8_lossy(name)
             ),
-            Problem::WrongEntryKind { directory, name, entry } => write!(
+            Problem::WrongEntryKind {
+                directory,
+                name,
+                entry,
+            } => write!(
                 formatter,
                 "entry {:?} in directory {directory} has the wrong kind (inode {} is {:?})",
                 String::from_utf8_lossy(name),
@@ -43,7 +66,10 @@ impl std::fmt::Display for Problem {
                 entry.kind
             ),
             Problem::WrongParent { ino, parent } => {
-                write!(formatter, "directory {ino} is in {parent} but names another parent")
+                write!(
+                    formatter,
+                    "directory {ino} is in {parent} but names another parent"
+                )
             }
             Problem::WrongCounts { ino, nlink, size } => match size {
                 Some(size) => write!(
@@ -98,7 +124,9 @@ impl<E: Env> FileSystem<E> {
 
     async fn repair(&self, problem: &Problem) -> Result<(), Errno> {
         match problem {
-            Problem::DanglingEntry { directory, name, .. } => {
+            Problem::DanglingEntry {
+                directory, name, ..
+            } => {
                 let mut namespace = self.shared.namespace.lock().await;
                 self.commit(
                     &mut namespace,
@@ -110,7 +138,11 @@ impl<E: Env> FileSystem<E> {
                 )
                 .await
             }
-            Problem::WrongEntryKind { directory, name, entry } => {
+            Problem::WrongEntryKind {
+                directory,
+                name,
+                entry,
+            } => {
                 let mut namespace = self.shared.namespace.lock().await;
                 self.commit(
                     &mut namespace,
@@ -275,12 +307,7 @@ impl<E: Env> FileSystem<E> {
             .filter_map(|key| keys::orphan_inode(key))
             .collect();
         let mut unreachable: BTreeSet<InodeNumber> = BTreeSet::new();
-        let stored = self
-            .shared
-            .client
-            .list(b"inode/")
-            .await
-            .map_err(io_error)?;
+        let stored = self.shared.client.list(b"inode/").await.map_err(io_error)?;
         for key in stored {
             let Some(ino) = std::str::from_utf8(&key[b"inode/".len()..])
                 .ok()

@@ -11,7 +11,9 @@
 //! between the old size and the new data are zeroed first.
 
 use super::tasks::fan_out;
-use super::types::{keys, FileKind, Inode, InodeNumber, IntentStep, CHUNK_BYTES, INLINE_LIMIT_BYTES};
+use super::types::{
+    keys, FileKind, Inode, InodeNumber, IntentStep, CHUNK_BYTES, INLINE_LIMIT_BYTES,
+};
 use super::{io_error, Errno, FileState, FileSystem, FAN_OUT};
 use crate::env::Env;
 
@@ -136,7 +138,10 @@ impl<E: Env> FileSystem<E> {
                     &owned
                 }
             };
-            assert!(data.len() as u64 <= CHUNK_BYTES, "chunk longer than a chunk");
+            assert!(
+                data.len() as u64 <= CHUNK_BYTES,
+                "chunk longer than a chunk"
+            );
             let available = data.len().min(to);
             if from < available {
                 result.extend_from_slice(&data[from..available]);
@@ -154,7 +159,13 @@ impl<E: Env> FileSystem<E> {
         if let Some(inline) = &inode.inline_data {
             return Ok(indexes
                 .iter()
-                .map(|index| if *index == 0 { inline.to_vec() } else { Vec::new() })
+                .map(|index| {
+                    if *index == 0 {
+                        inline.to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                })
                 .collect());
         }
         let stored_end = inode.stored_chunk_end();
@@ -173,10 +184,15 @@ impl<E: Env> FileSystem<E> {
         }
         if !to_fetch.is_empty() {
             let client = self.shared.client.clone();
-            let answers = fan_out(&self.shared.env, to_fetch, FAN_OUT, move |(position, index)| {
-                let client = client.clone();
-                async move { (position, index, client.get(&keys::chunk(ino, index)).await) }
-            })
+            let answers = fan_out(
+                &self.shared.env,
+                to_fetch,
+                FAN_OUT,
+                move |(position, index)| {
+                    let client = client.clone();
+                    async move { (position, index, client.get(&keys::chunk(ino, index)).await) }
+                },
+            )
             .await;
             for (position, index, answer) in answers {
                 let data = answer.map_err(io_error)?.unwrap_or_default();
@@ -201,13 +217,14 @@ impl<E: Env> FileSystem<E> {
         state: &'state mut FileState,
         index: u64,
     ) -> Result<&'state mut Vec<u8>, Errno> {
-        if !state.dirty_chunks.contains_key(&index) {
+        if let std::collections::btree_map::Entry::Vacant(vacant) = state.dirty_chunks.entry(index)
+        {
             let data = self
                 .load_chunks(inode, vec![index])
                 .await?
                 .pop()
                 .expect("one chunk");
-            state.dirty_chunks.insert(index, data);
+            vacant.insert(data);
         }
         Ok(state.dirty_chunks.get_mut(&index).expect("inserted"))
     }
@@ -227,7 +244,7 @@ impl<E: Env> FileSystem<E> {
             .stored_chunk_end()
             .max(state.stored_extent.div_ceil(CHUNK_BYTES));
         let boundary = from / CHUNK_BYTES;
-        if from % CHUNK_BYTES != 0 {
+        if !from.is_multiple_of(CHUNK_BYTES) {
             let within = (from % CHUNK_BYTES) as usize;
             let buffer = self.buffer(inode, state, boundary).await?;
             if buffer.len() > within {
@@ -268,7 +285,8 @@ impl<E: Env> FileSystem<E> {
             .filter(|end| *end <= FILE_BYTES_MAX)
             .ok_or(Errno::EFBIG)?;
         if offset > inode.size {
-            self.zero_gap(&inode, &mut state, inode.size, offset).await?;
+            self.zero_gap(&inode, &mut state, inode.size, offset)
+                .await?;
         }
         let first_chunk = offset / CHUNK_BYTES;
         let last_chunk = (end - 1) / CHUNK_BYTES;
@@ -341,9 +359,10 @@ impl<E: Env> FileSystem<E> {
             return Ok(());
         }
         if let Some(inline) = &inode.inline_data {
-            if !state.dirty_chunks.contains_key(&0) {
-                state.dirty_chunks.insert(0, inline.to_vec());
-            }
+            state
+                .dirty_chunks
+                .entry(0)
+                .or_insert_with(|| inline.to_vec());
         }
         let size = inode.size;
         let live_chunks = size.div_ceil(CHUNK_BYTES);
@@ -413,17 +432,22 @@ impl<E: Env> FileSystem<E> {
     /// Store chunk buffers concurrently (an empty buffer deletes its chunk).
     async fn store_chunks(&self, ino: InodeNumber, chunks: &[(u64, Vec<u8>)]) -> Result<(), Errno> {
         let client = self.shared.client.clone();
-        let results = fan_out(&self.shared.env, chunks.to_vec(), FAN_OUT, move |(index, buffer)| {
-            let client = client.clone();
-            async move {
-                let key = keys::chunk(ino, index);
-                if buffer.is_empty() {
-                    client.delete(&key).await.map(|_| ())
-                } else {
-                    client.put(&key, &buffer).await.map(|_| ())
+        let results = fan_out(
+            &self.shared.env,
+            chunks.to_vec(),
+            FAN_OUT,
+            move |(index, buffer)| {
+                let client = client.clone();
+                async move {
+                    let key = keys::chunk(ino, index);
+                    if buffer.is_empty() {
+                        client.delete(&key).await.map(|_| ())
+                    } else {
+                        client.put(&key, &buffer).await.map(|_| ())
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
         match results.into_iter().find_map(Result::err) {
             Some(error) => Err(io_error(error)),
@@ -462,7 +486,8 @@ impl<E: Env> FileSystem<E> {
                 self.set_cached_inode(inode);
                 state.inode_dirty = true;
                 self.flush_locked(ino, state).await?;
-                self.delete_chunk_range(ino, keep_chunks, stored_end).await?;
+                self.delete_chunk_range(ino, keep_chunks, stored_end)
+                    .await?;
                 return self.current_inode(ino).ok_or(Errno::ENOENT);
             }
             for index in keep_chunks..stored_end {
@@ -479,11 +504,18 @@ impl<E: Env> FileSystem<E> {
     }
 
     /// Delete chunks `first..end` of a file, a bounded batch at a time.
-    async fn delete_chunk_range(&self, ino: InodeNumber, first: u64, end: u64) -> Result<(), Errno> {
+    async fn delete_chunk_range(
+        &self,
+        ino: InodeNumber,
+        first: u64,
+        end: u64,
+    ) -> Result<(), Errno> {
         let mut start = first;
         while start < end {
             let batch_end = end.min(start + 4096);
-            let batch: Vec<(u64, Vec<u8>)> = (start..batch_end).map(|index| (index, Vec::new())).collect();
+            let batch: Vec<(u64, Vec<u8>)> = (start..batch_end)
+                .map(|index| (index, Vec::new()))
+                .collect();
             self.store_chunks(ino, &batch).await?;
             start = batch_end;
         }

@@ -21,7 +21,9 @@ fn record_writes(steps: &[IntentStep]) -> Vec<RecordWrite> {
     let mut writes = Vec::new();
     for step in steps {
         match step {
-            IntentStep::PutInode(inode) => writes.push((keys::inode(inode.ino), Some(encode(inode)))),
+            IntentStep::PutInode(inode) => {
+                writes.push((keys::inode(inode.ino), Some(encode(inode))))
+            }
             IntentStep::DeleteInode(ino) => writes.push((keys::inode(*ino), None)),
             IntentStep::PutEntry {
                 directory,
@@ -97,13 +99,12 @@ impl<E: Env> FileSystem<E> {
                     .lock()
                     .unwrap()
                     .insert(*directory, name, Some(*entry)),
-                IntentStep::DeleteEntry { directory, name } => {
-                    self.shared
-                        .entries
-                        .lock()
-                        .unwrap()
-                        .insert(*directory, name, None)
-                }
+                IntentStep::DeleteEntry { directory, name } => self
+                    .shared
+                    .entries
+                    .lock()
+                    .unwrap()
+                    .insert(*directory, name, None),
                 _ => {}
             }
         }

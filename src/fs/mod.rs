@@ -318,10 +318,7 @@ impl<E: Env> FileSystem<E> {
     }
 
     /// The inode and its state lock, loading it into the cache if needed.
-    async fn cached(
-        &self,
-        ino: InodeNumber,
-    ) -> Result<(Inode, Arc<AsyncMutex<FileState>>), Errno> {
+    async fn cached(&self, ino: InodeNumber) -> Result<(Inode, Arc<AsyncMutex<FileState>>), Errno> {
         if ino == 0 {
             return Err(Errno::ENOENT);
         }
@@ -367,9 +364,10 @@ impl<E: Env> FileSystem<E> {
                 **ino != ROOT_INODE
                     && cached.open_count == 0
                     && Arc::strong_count(&cached.state) == 1
-                    && cached.state.try_lock().is_ok_and(|state| {
-                        state.dirty_chunks.is_empty() && !state.inode_dirty
-                    })
+                    && cached
+                        .state
+                        .try_lock()
+                        .is_ok_and(|state| state.dirty_chunks.is_empty() && !state.inode_dirty)
             })
             .map(|(ino, _)| *ino)
             .take(inodes.len() - INODE_CACHE_CAPACITY / 2)

@@ -12,8 +12,8 @@ use super::types::{
     SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_BYTES,
 };
 use super::{
-    decode, encode, io_error, AttributeChanges, Caller, Errno, FileSystem, RenameMode,
-    TimeChange, FAN_OUT, ROOT_INODE,
+    decode, encode, io_error, AttributeChanges, Caller, Errno, FileSystem, RenameMode, TimeChange,
+    FAN_OUT, ROOT_INODE,
 };
 
 /// Links a file may have (ext4's limit).
@@ -294,11 +294,7 @@ impl<E: Env> FileSystem<E> {
         state.inode_dirty = false;
         Ok(vec![
             IntentStep::DeleteInode(ino),
-            IntentStep::DeleteChunks {
-                ino,
-                first: 0,
-                end,
-            },
+            IntentStep::DeleteChunks { ino, first: 0, end },
         ])
     }
 
@@ -462,7 +458,10 @@ impl<E: Env> FileSystem<E> {
             }
         } else {
             if let Some(target) = &target {
-                match (source.kind == FileKind::Directory, target.kind == FileKind::Directory) {
+                match (
+                    source.kind == FileKind::Directory,
+                    target.kind == FileKind::Directory,
+                ) {
                     (true, false) => return Err(Errno::ENOTDIR),
                     (false, true) => return Err(Errno::EISDIR),
                     (true, true) => {
@@ -675,11 +674,11 @@ impl<E: Env> FileSystem<E> {
             if flags & XATTR_REPLACE != 0 && !exists {
                 return Err(Errno::ENODATA);
             }
-            xattrs.insert(
-                name.to_vec(),
-                serde_bytes::ByteBuf::from(value.to_vec()),
-            );
-            let total: usize = xattrs.iter().map(|(name, value)| name.len() + value.len()).sum();
+            xattrs.insert(name.to_vec(), serde_bytes::ByteBuf::from(value.to_vec()));
+            let total: usize = xattrs
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum();
             if total > XATTR_TOTAL_BYTES {
                 return Err(Errno::ENOSPC);
             }
@@ -702,9 +701,7 @@ impl<E: Env> FileSystem<E> {
     async fn change_extended_attributes(
         &self,
         ino: InodeNumber,
-        change: impl FnOnce(
-            &mut BTreeMap<Vec<u8>, serde_bytes::ByteBuf>,
-        ) -> Result<(), Errno>,
+        change: impl FnOnce(&mut BTreeMap<Vec<u8>, serde_bytes::ByteBuf>) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
         let mut namespace = self.shared.namespace.lock().await;
         let (_, state) = self.cached(ino).await?;

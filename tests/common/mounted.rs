@@ -49,11 +49,18 @@ impl Mounted {
             if device_of(mountpoint).is_some_and(|device| device != parent_device) {
                 return mounted;
             }
-            if mounted.thread.as_ref().is_some_and(|thread| thread.is_finished()) {
+            if mounted
+                .thread
+                .as_ref()
+                .is_some_and(|thread| thread.is_finished())
+            {
                 let result = mounted.thread.take().unwrap().join();
                 panic!("the mount ended before it was ready: {result:?}");
             }
-            assert!(Instant::now() < deadline, "the mount did not appear in {MOUNT_TIMEOUT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the mount did not appear in {MOUNT_TIMEOUT:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
