@@ -339,6 +339,17 @@ async fn up(
 ) -> Result<()> {
     layout.validate()?;
     if let Some((mountpoint, _)) = &mount {
+        // `votefs up ./mnt` is the one command a newcomer types: make the mount point when its
+        // parent exists (never a whole path, which is more likely a typo).
+        if !mountpoint.exists()
+            && mountpoint
+                .parent()
+                .is_none_or(|parent| parent.as_os_str().is_empty() || parent.is_dir())
+        {
+            std::fs::create_dir(mountpoint)
+                .with_context(|| format!("cannot create mount point {}", mountpoint.display()))?;
+            eprintln!("created mount point {}", mountpoint.display());
+        }
         // Fail before starting any server (the mount checks again).
         check_mount_point(mountpoint)?;
     }

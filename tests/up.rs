@@ -791,8 +791,9 @@ fn bad_input_fails_with_one_line() {
     failed_cleanly(&output, &["65535"], "up --base-port 64000 with three banks");
     assert!(!fresh.exists(), "a refused up created its data directory");
 
-    // A missing mount point is refused before any server starts.
-    let missing_mountpoint = scratch.path().join("no-such-mountpoint");
+    // A mount point whose parent is missing is refused before any server starts (one whose
+    // parent exists is made).
+    let missing_mountpoint = scratch.path().join("no-such-parent/mountpoint");
     let output = run_votefs(&["up", path_text(&missing_mountpoint), "--data", fresh_text]);
     failed_cleanly(
         &output,
@@ -889,8 +890,8 @@ fn bad_input_fails_with_one_line() {
 fn up_mounts_the_volume_and_unmounts_on_sigterm() {
     let scratch = tempfile::tempdir().expect("a temporary directory");
     let data_dir = scratch.path().join("data");
+    // Not made beforehand: `votefs up ./mnt` makes its mount point, as the README promises.
     let mountpoint = scratch.path().join("mnt");
-    std::fs::create_dir(&mountpoint).unwrap();
     let mut up = Up::start_fresh_mounted(&data_dir, Some(&mountpoint));
     let base_port = up.base_port;
     assert!(
