@@ -21,6 +21,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::env::tokio_env::TokioEnv;
+use crate::fs::namespace::DIRECTORY_PAGE_ENTRIES;
 use crate::fs::{
     AttributeChanges, Caller, Errno, FileKind, FileSystem, Inode, InodeNumber, RenameMode,
     TimeChange, Timestamp,
@@ -107,13 +108,65 @@ pub fn file_attributes(inode: &Inode) -> FileAttr {
     }
 }
 
-/// A directory listing taken at `opendir`, so `readdir` offsets stay stable.
-type Listing = Vec<(Vec<u8>, InodeNumber, FileKind)>;
+/// An open directory read a page at a time: only the current page is in memory, so listing a
+/// directory of millions of entries takes memory for one page. Offsets count entries from the
+/// start (`.` and `..` first); an offset before the current page (rewinddir, seekdir back)
+/// restarts the listing.
+struct DirectoryStream {
+    ino: InodeNumber,
+    parent: InodeNumber,
+    window: Vec<(Vec<u8>, InodeNumber, FileKind)>,
+    /// Offset of the window's first entry.
+    window_start: u64,
+    /// Where the next page starts: `None` before the first page, `Some(None)` at the end.
+    resume: Option<Option<Vec<u8>>>,
+}
+
+impl DirectoryStream {
+    fn new(ino: InodeNumber, parent: InodeNumber) -> Self {
+        Self {
+            ino,
+            parent,
+            window: Vec::new(),
+            window_start: 0,
+            resume: None,
+        }
+    }
+
+    /// Move the window so that it holds `offset`, or is empty past the end.
+    async fn seek(&mut self, fs: &FileSystem<TokioEnv>, offset: u64) -> Result<(), Errno> {
+        if offset < self.window_start || self.resume.is_none() {
+            self.window = vec![
+                (b".".to_vec(), self.ino, FileKind::Directory),
+                (b"..".to_vec(), self.parent, FileKind::Directory),
+            ];
+            self.window_start = 0;
+            self.resume = Some(Some(Vec::new()));
+        }
+        // Bounded by the directory's size: each round moves the window one page on.
+        while offset >= self.window_start + self.window.len() as u64 {
+            let Some(Some(after)) = self.resume.clone() else {
+                return Ok(());
+            };
+            let start_after = (!after.is_empty()).then_some(after.as_slice());
+            let (entries, resume_after) = fs
+                .read_directory_page(self.ino, start_after, DIRECTORY_PAGE_ENTRIES)
+                .await?;
+            self.window_start += self.window.len() as u64;
+            self.window = entries
+                .into_iter()
+                .map(|(name, entry)| (name, entry.ino, entry.kind))
+                .collect();
+            self.resume = Some(resume_after);
+        }
+        Ok(())
+    }
+}
 
 pub struct FuseAdapter {
     file_system: FileSystem<TokioEnv>,
     runtime: Handle,
-    listings: Arc<Mutex<BTreeMap<u64, Listing>>>,
+    listings: Arc<Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<DirectoryStream>>>>>,
     next_listing: AtomicU64,
     /// Completed when the kernel ends the session (unmounted from outside, or by us).
     ended: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
@@ -455,26 +508,19 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let listings = self.listings.clone();
+        let streams = self.listings.clone();
         let handle = self.next_listing.fetch_add(1, Ordering::Relaxed);
         self.spawn(|fs| async move {
-            let directory = match fs.inode(ino.0).await {
-                Ok(directory) => directory,
-                Err(errno) => return reply.error(fuse_errno(errno)),
-            };
-            match fs.read_directory(ino.0).await {
-                Ok(entries) => {
-                    let mut listing: Listing = Vec::with_capacity(entries.len() + 2);
-                    listing.push((b".".to_vec(), ino.0, FileKind::Directory));
-                    listing.push((b"..".to_vec(), directory.parent, FileKind::Directory));
-                    listing.extend(
-                        entries
-                            .into_iter()
-                            .map(|(name, entry)| (name, entry.ino, entry.kind)),
-                    );
-                    listings.lock().unwrap().insert(handle, listing);
+            match fs.inode(ino.0).await {
+                Ok(directory) if directory.kind == FileKind::Directory => {
+                    let stream = DirectoryStream::new(ino.0, directory.parent);
+                    streams
+                        .lock()
+                        .unwrap()
+                        .insert(handle, Arc::new(tokio::sync::Mutex::new(stream)));
                     reply.opened(FileHandle(handle), FopenFlags::empty());
                 }
+                Ok(_) => reply.error(fuse_errno(Errno::ENOTDIR)),
                 Err(errno) => reply.error(fuse_errno(errno)),
             }
         });
@@ -488,22 +534,29 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listings = self.listings.lock().unwrap();
-        let Some(listing) = listings.get(&fh.0) else {
+        let Some(stream) = self.listings.lock().unwrap().get(&fh.0).cloned() else {
             reply.error(fuse_errno(Errno::EBADF));
             return;
         };
-        for (index, (name, ino, kind)) in listing.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(*ino),
-                index as u64 + 1,
-                file_type(*kind),
-                OsStr::from_bytes(name),
-            ) {
-                break;
+        self.spawn(|fs| async move {
+            let mut stream = stream.lock().await;
+            if let Err(errno) = stream.seek(&fs, offset).await {
+                return reply.error(fuse_errno(errno));
             }
-        }
-        reply.ok();
+            let first = (offset - stream.window_start) as usize;
+            for (position, (name, ino, kind)) in stream.window.iter().enumerate().skip(first) {
+                let next_offset = stream.window_start + position as u64 + 1;
+                if reply.add(
+                    INodeNo(*ino),
+                    next_offset,
+                    file_type(*kind),
+                    OsStr::from_bytes(name),
+                ) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
     }
 
     fn releasedir(

@@ -124,6 +124,14 @@ struct Counters {
     healed_from_backlog: AtomicU64,
 }
 
+/// A page of a listing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    pub keys: Vec<Vec<u8>>,
+    /// Where the next page starts (pass it as `start_after`); `None` when the listing is done.
+    pub resume_after: Option<Vec<u8>>,
+}
+
 /// One server's answer to a read, judged.
 #[derive(Clone, Debug)]
 enum Answer {
@@ -1234,6 +1242,139 @@ impl<E: Env> QuorumClient<E> {
             }
         }
         Ok(keys)
+    }
+
+    /// One page of [`QuorumClient::list`]: the existing keys under `prefix` after `start_after`
+    /// (at most `limit` per bank asked), in key order, and where the next page starts. Memory and work
+    /// per page are bounded by `limit` whatever the number of keys, so a directory of millions
+    /// of entries streams.
+    pub async fn list_page(
+        &self,
+        prefix: &[u8],
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<ListPage, QuorumError> {
+        let inner = &self.inner;
+        let placement = &inner.placement;
+        let limit = limit.clamp(1, MAX_LIST_ENTRIES);
+        let servers: Vec<ServerIndex> = if prefix.contains(&PARTITION_SEPARATOR) {
+            placement.partition_owners(partition_of(prefix))
+        } else {
+            (0..placement.server_count()).collect()
+        };
+        let (sender, mut receiver) = mpsc::channel(servers.len());
+        for server in &servers {
+            let client = self.clone();
+            let sender = sender.clone();
+            let server = *server;
+            let request = Request::List {
+                volume: inner.volume,
+                prefix: prefix.to_vec(),
+                start_after: start_after.map(|key| key.to_vec()),
+                limit,
+            };
+            inner.env.spawn(async move {
+                let answer = match client.call_server(server, request).await {
+                    Ok(Response::Listing { entries, complete }) => Ok((entries, complete)),
+                    Ok(other) => Err(format!("{other:?}")),
+                    Err(error) => Err(error.to_string()),
+                };
+                let _ = sender.send((server, answer)).await;
+            });
+        }
+        drop(sender);
+        // Per bank: the merged page and how far it is known to be complete (`None`: to the end).
+        type BankPage = (BTreeMap<Vec<u8>, ListEntry>, Option<Vec<u8>>);
+        let mut banks: BTreeMap<usize, Option<BankPage>> = BTreeMap::new();
+        let mut failures = Vec::new();
+        while let Some((server, answer)) = receiver.recv().await {
+            let bank = placement.member(server).bank as usize;
+            let merged = banks
+                .entry(bank)
+                .or_insert_with(|| Some((BTreeMap::new(), None::<Vec<u8>>)));
+            match (answer, merged.as_mut()) {
+                (Ok((entries, complete)), Some((page, horizon))) => {
+                    if !complete && !entries.is_empty() {
+                        let last = entries.last().expect("not empty").key.clone();
+                        if start_after.is_some_and(|after| last.as_slice() <= after) {
+                            failures.push((server, "listing did not advance".to_string()));
+                            *merged = None;
+                            continue;
+                        }
+                        *horizon = Some(match horizon.take() {
+                            Some(existing) if existing < last => existing,
+                            _ => last,
+                        });
+                    }
+                    for entry in entries {
+                        match page.get(&entry.key) {
+                            Some(existing) if existing.version >= entry.version => {}
+                            _ => {
+                                page.insert(entry.key.clone(), entry);
+                            }
+                        }
+                    }
+                }
+                (Ok(_), None) => {}
+                (Err(why), _) => {
+                    failures.push((server, why));
+                    *merged = None;
+                }
+            }
+        }
+        let authoritative: Vec<&BankPage> =
+            banks.values().filter_map(|bank| bank.as_ref()).collect();
+        if authoritative.len() < placement.quorum() {
+            return Err(QuorumError::Unavailable(format!(
+                "listing needs {} banks that can vouch for their contents, {} can: {}",
+                placement.quorum(),
+                authoritative.len(),
+                describe_failures(&failures, placement)
+            )));
+        }
+        // Keys up to the nearest bank horizon are known to every bank that answered.
+        let horizon: Option<&Vec<u8>> = authoritative
+            .iter()
+            .filter_map(|(_, horizon)| horizon.as_ref())
+            .min();
+        let all_keys: BTreeSet<&Vec<u8>> = authoritative
+            .iter()
+            .flat_map(|(page, _)| page.keys())
+            .filter(|key| horizon.is_none_or(|horizon| *key <= horizon))
+            .collect();
+        let mut keys = Vec::new();
+        for key in all_keys {
+            let copies: Vec<Option<&ListEntry>> = authoritative
+                .iter()
+                .map(|(page, _)| page.get(key))
+                .collect();
+            let top = copies
+                .iter()
+                .flatten()
+                .max_by_key(|entry| entry.version)
+                .expect("the key came from some bank");
+            let holders = copies
+                .iter()
+                .flatten()
+                .filter(|entry| entry.version == top.version && entry.tag == top.tag)
+                .count();
+            let exists = if holders >= placement.quorum() {
+                !top.tombstone
+            } else {
+                self.read_record(key)
+                    .await?
+                    .is_some_and(|record| !record.tombstone)
+            };
+            if exists {
+                keys.push(key.clone());
+            }
+        }
+        // Every key up to the horizon was considered, deleted ones too: the next page starts
+        // after the horizon, so a page of nothing but deletions still advances.
+        Ok(ListPage {
+            keys,
+            resume_after: horizon.cloned(),
+        })
     }
 
     async fn list_server(

@@ -273,3 +273,37 @@ fn mount_refuses_a_dead_cluster_a_wrong_key_and_a_busy_mount_point() {
         "cannot open the volume",
     );
 }
+
+#[test]
+fn a_large_directory_lists_completely_in_pages() {
+    let cluster = TestCluster::start_default();
+    let mountpoint = cluster.directory().join("mnt");
+    let mounted = Mounted::start(cluster.config_path(), &mountpoint, quick_refresh());
+    let directory = mounted.path().join("many");
+    std::fs::create_dir(&directory).unwrap();
+    // More than a few pages of 512 entries, with a few names removed again so that pages end on
+    // deleted keys too.
+    let mut expected = std::collections::BTreeSet::new();
+    for index in 0..1_700 {
+        let name = format!("file-{index:05}");
+        std::fs::write(directory.join(&name), b"").unwrap();
+        expected.insert(name);
+    }
+    for index in (0..1_700).step_by(97) {
+        let name = format!("file-{index:05}");
+        std::fs::remove_file(directory.join(&name)).unwrap();
+        expected.remove(&name);
+    }
+    let listed: Vec<String> = std::fs::read_dir(&directory)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    let listed_set: std::collections::BTreeSet<String> = listed.iter().cloned().collect();
+    assert_eq!(listed.len(), listed_set.len(), "a name was listed twice");
+    assert_eq!(listed_set, expected);
+    assert_eq!(
+        shell(&directory, "ls | wc -l").trim(),
+        expected.len().to_string()
+    );
+    mounted.stop().expect("unmounting");
+}

@@ -15,7 +15,7 @@ pub mod check;
 mod data;
 mod errno;
 mod intent;
-mod namespace;
+pub mod namespace;
 mod tasks;
 pub mod types;
 

@@ -16,6 +16,9 @@ use super::{
     FAN_OUT, ROOT_INODE,
 };
 
+/// Directory entries fetched per page of a listing.
+pub const DIRECTORY_PAGE_ENTRIES: u32 = 512;
+
 /// Links a file may have (ext4's limit).
 const LINK_MAX: u32 = 65_000;
 
@@ -525,36 +528,77 @@ impl<E: Env> FileSystem<E> {
         Ok(())
     }
 
-    /// Every entry of a directory (without `.` and `..`), in name order.
+    /// Every entry of a directory (without `.` and `..`), in name order. For callers that
+    /// want the whole listing at once (fsck, the simulator); FUSE streams with
+    /// [`FileSystem::read_directory_page`].
     pub async fn read_directory(
         &self,
         ino: InodeNumber,
     ) -> Result<Vec<(Vec<u8>, DirectoryEntry)>, Errno> {
+        let mut entries = Vec::new();
+        let mut start_after: Option<Vec<u8>> = None;
+        // Bounded by the directory's size: every page resumes after the last name it covered.
+        loop {
+            let (page, resume_after) = self
+                .read_directory_page(ino, start_after.as_deref(), DIRECTORY_PAGE_ENTRIES)
+                .await?;
+            entries.extend(page);
+            match resume_after {
+                Some(name) => start_after = Some(name),
+                None => return Ok(entries),
+            }
+        }
+    }
+
+    /// One page of a directory's entries after the name `start_after`, in name order, and the
+    /// name the next page starts after (`None` at the end). Work and memory per page are bounded
+    /// by `limit`, whatever the directory's size.
+    pub async fn read_directory_page(
+        &self,
+        ino: InodeNumber,
+        start_after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<(Vec<(Vec<u8>, DirectoryEntry)>, Option<Vec<u8>>), Errno> {
         self.directory(ino).await?;
         let prefix = keys::directory_prefix(ino);
-        let entry_keys = self.shared.client.list(&prefix).await.map_err(io_error)?;
-        let client = self.shared.client.clone();
-        let answers = fan_out(&self.shared.env, entry_keys, FAN_OUT, move |key| {
-            let client = client.clone();
+        let start_key = start_after.map(|name| keys::directory_entry(ino, name));
+        let page = self
+            .shared
+            .client
+            .list_page(&prefix, start_key.as_deref(), limit)
+            .await
+            .map_err(io_error)?;
+        let names: Vec<Vec<u8>> = page
+            .keys
+            .iter()
+            .map(|key| {
+                keys::name_of_entry(&prefix, key)
+                    .expect("listed under the prefix")
+                    .to_vec()
+            })
+            .collect();
+        let file_system = self.clone();
+        let answers = fan_out(&self.shared.env, names, FAN_OUT, move |name| {
+            let file_system = file_system.clone();
             async move {
-                let value = client.get(&key).await;
-                (key, value)
+                let entry = file_system.entry(ino, &name).await;
+                (name, entry)
             }
         })
         .await;
         let mut entries = Vec::with_capacity(answers.len());
-        for (key, value) in answers {
-            let Some(bytes) = value.map_err(io_error)? else {
-                // Removed since the listing.
-                continue;
-            };
-            let entry: DirectoryEntry = decode(&key, &bytes)?;
-            let name = keys::name_of_entry(&prefix, &key)
-                .expect("listed under the prefix")
-                .to_vec();
-            entries.push((name, entry));
+        for (name, entry) in answers {
+            // `None`: removed since the listing.
+            if let Some(entry) = entry? {
+                entries.push((name, entry));
+            }
         }
-        Ok(entries)
+        let resume_after = page.resume_after.map(|key| {
+            keys::name_of_entry(&prefix, &key)
+                .expect("listed under the prefix")
+                .to_vec()
+        });
+        Ok((entries, resume_after))
     }
 
     pub async fn read_link(&self, ino: InodeNumber) -> Result<Vec<u8>, Errno> {
