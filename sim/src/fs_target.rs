@@ -121,17 +121,25 @@ impl<E: Env> PathTarget<E> {
         .await
     }
 
-    /// The directory holding `path` and the last name (not resolved).
+    /// The directory holding `path` and the last name (not resolved), checking the name's
+    /// length as a lookup of it would.
     async fn parent(&self, path: &FsPath) -> Result<(u64, Vec<u8>), Errno> {
+        let (directory, name) = self.parent_unchecked(path).await?;
+        if name.len() > MAXIMUM_NAME_LENGTH {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        Ok((directory, name))
+    }
+
+    /// As [`Self::parent`], leaving the name's length to the file system: rename and link look
+    /// their source up before the target's name.
+    async fn parent_unchecked(&self, path: &FsPath) -> Result<(u64, Vec<u8>), Errno> {
         let (parent, name) = path.parent_and_name().ok_or(Errno::EEXIST)?;
         let name = name.to_vec();
         let directory = self.resolve(&parent, true).await?;
         let inode = self.fs.inode(directory).await.map_err(errno)?;
         if inode.kind != FsKind::Directory {
             return Err(Errno::ENOTDIR);
-        }
-        if name.len() > MAXIMUM_NAME_LENGTH {
-            return Err(Errno::ENAMETOOLONG);
         }
         Ok((directory, name))
     }
@@ -203,8 +211,8 @@ impl<E: Env> PathTarget<E> {
                 Ok(Reply::Done)
             }
             Operation::Rename { from, to, mode } => {
-                let (from_directory, from_name) = self.parent(from).await?;
-                let (to_directory, to_name) = self.parent(to).await?;
+                let (from_directory, from_name) = self.parent_unchecked(from).await?;
+                let (to_directory, to_name) = self.parent_unchecked(to).await?;
                 let mode = match mode {
                     PathRenameMode::Replace => RenameMode::Replace,
                     PathRenameMode::NoReplace => RenameMode::NoReplace,
@@ -212,6 +220,9 @@ impl<E: Env> PathTarget<E> {
                 };
                 // The VFS refuses to move a directory onto its own descendant's name and to
                 // replace an ancestor of the source; the file system checks the rest.
+                if from_name.len() > MAXIMUM_NAME_LENGTH {
+                    return Err(Errno::ENAMETOOLONG);
+                }
                 let source = self
                     .fs
                     .lookup(from_directory, &from_name)
@@ -238,7 +249,7 @@ impl<E: Env> PathTarget<E> {
             }
             Operation::Link { from, to } => {
                 let source = self.resolve(from, false).await?;
-                let (directory, name) = self.parent(to).await?;
+                let (directory, name) = self.parent_unchecked(to).await?;
                 self.fs
                     .link(source, directory, &name)
                     .await

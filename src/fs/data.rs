@@ -339,15 +339,16 @@ impl<E: Env> FileSystem<E> {
             state.inode_dirty = false;
             return Ok(());
         }
-        if inode.size <= INLINE_LIMIT_BYTES && inode.stored_extent == 0 && state.stored_extent == 0
-        {
-            let mut content = match state.dirty_chunks.remove(&0) {
-                Some(buffer) => buffer,
-                None => inode
-                    .inline_data
-                    .as_ref()
-                    .map(|data| data.to_vec())
-                    .unwrap_or_default(),
+        if inode.size <= INLINE_LIMIT_BYTES {
+            // Small: the bytes go into the inode, and chunks are ignored from then on (leftovers
+            // in them lie past the size or are rewritten when the file outgrows the inode).
+            let mut content = match state.dirty_chunks.get(&0) {
+                Some(buffer) => buffer.clone(),
+                None => self
+                    .load_chunks(&inode, vec![0])
+                    .await?
+                    .pop()
+                    .expect("one chunk"),
             };
             content.resize(inode.size as usize, 0);
             inode.inline_data = Some(serde_bytes::ByteBuf::from(content));

@@ -224,7 +224,15 @@ impl<E: Env> FileSystem<E> {
             }
             None => {
                 report.formatted = true;
-                file_system.format().await?
+                let superblock = file_system.format().await?;
+                // A new volume's root is empty: every name in it is known absent.
+                file_system
+                    .shared
+                    .entries
+                    .lock()
+                    .unwrap()
+                    .mark_complete(ROOT_INODE);
+                superblock
             }
         };
         namespace.next_inode = superblock.next_free_inode;

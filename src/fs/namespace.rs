@@ -195,8 +195,14 @@ impl<E: Env> FileSystem<E> {
             rdev,
             parent,
             symlink_target,
-            inline_data: None,
-            stored_extent: 0,
+            // A new file's (empty) bytes are inline: its first write reads nothing from the cluster.
+            inline_data: (kind == FileKind::Regular).then(serde_bytes::ByteBuf::new),
+            // A file's first chunk needs no extent raise before it is stored.
+            stored_extent: if kind == FileKind::Regular {
+                super::types::CHUNK_BYTES
+            } else {
+                0
+            },
             xattrs: BTreeMap::new(),
         };
         directory.size += 1;
@@ -215,6 +221,9 @@ impl<E: Env> FileSystem<E> {
             IntentStep::PutInode(directory),
         ];
         self.commit(&mut namespace, "create", steps).await?;
+        if kind == FileKind::Directory {
+            self.shared.entries.lock().unwrap().mark_complete(ino);
+        }
         Ok(inode)
     }
 
@@ -385,12 +394,13 @@ impl<E: Env> FileSystem<E> {
         mode: RenameMode,
     ) -> Result<(), Errno> {
         check_name(name)?;
-        check_name(new_name)?;
         let mut namespace = self.shared.namespace.lock().await;
         let mut directories: BTreeMap<InodeNumber, Inode> = BTreeMap::new();
         directories.insert(parent, self.directory(parent).await?);
         directories.insert(new_parent, self.directory(new_parent).await?);
         let source = self.entry(parent, name).await?.ok_or(Errno::ENOENT)?;
+        // Linux looks the source up before the target: a missing source wins over a bad name.
+        check_name(new_name)?;
         let target = self.entry(new_parent, new_name).await?;
         match (mode, &target) {
             (RenameMode::NoReplace, Some(_)) => return Err(Errno::EEXIST),

@@ -113,6 +113,9 @@ pub struct EntryCache {
     capacity: usize,
     entries: BTreeMap<(InodeNumber, Vec<u8>), Option<super::DirectoryEntry>>,
     order: VecDeque<(InodeNumber, Vec<u8>)>,
+    /// Directories whose every entry is in the cache (made by this mount and never trimmed): a
+    /// name not cached there does not exist.
+    complete: std::collections::BTreeSet<InodeNumber>,
 }
 
 impl EntryCache {
@@ -121,7 +124,13 @@ impl EntryCache {
             capacity,
             entries: BTreeMap::new(),
             order: VecDeque::new(),
+            complete: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Record that every entry of `directory` is cached (it was just made, empty).
+    pub fn mark_complete(&mut self, directory: InodeNumber) {
+        self.complete.insert(directory);
     }
 
     /// `Some(entry)` when known (`entry` is `None` for a name known to be absent).
@@ -130,7 +139,11 @@ impl EntryCache {
         directory: InodeNumber,
         name: &[u8],
     ) -> Option<Option<super::DirectoryEntry>> {
-        self.entries.get(&(directory, name.to_vec())).copied()
+        match self.entries.get(&(directory, name.to_vec())) {
+            Some(entry) => Some(*entry),
+            None if self.complete.contains(&directory) => Some(None),
+            None => None,
+        }
     }
 
     pub fn insert(
@@ -146,6 +159,8 @@ impl EntryCache {
         while self.entries.len() > self.capacity {
             match self.order.pop_front() {
                 Some(oldest) => {
+                    // The directory no longer has every entry cached.
+                    self.complete.remove(&oldest.0);
                     self.entries.remove(&oldest);
                 }
                 None => break,
