@@ -420,6 +420,9 @@ async fn simulate(
             let _ = after.apply(&operation, time);
             let target = current.target.clone();
             let in_flight = operation.clone();
+            // Die after a random number of the operation's record writes (the intent counts),
+            // or at a random moment when the operation has fewer writes than that.
+            target.fs.stall_after_writes(rng.below(6) as i64);
             let handle = current
                 .node
                 .spawn(async move { target.apply(&in_flight).await });

@@ -66,6 +66,7 @@ impl<E: Env> FileSystem<E> {
             operation: operation.to_string(),
             steps,
         };
+        Self::maybe_stall(&self.shared.stall_countdown).await;
         let version = self
             .shared
             .client
@@ -180,9 +181,12 @@ impl<E: Env> FileSystem<E> {
         only_older_than: Option<Version>,
     ) -> Result<(), Errno> {
         let client = self.shared.client.clone();
+        let countdown = self.shared.stall_countdown.clone();
         let results = fan_out(&self.shared.env, writes, FAN_OUT, move |(key, value)| {
             let client = client.clone();
+            let countdown = countdown.clone();
             async move {
+                Self::maybe_stall(&countdown).await;
                 if let Some(version) = only_older_than {
                     if let Some(record) = client.read_record(&key).await? {
                         if record.version > version {

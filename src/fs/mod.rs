@@ -143,6 +143,9 @@ struct Shared<E: Env> {
     entries: StdMutex<tasks::EntryCache>,
     handles: StdMutex<BTreeMap<u64, InodeNumber>>,
     next_handle: std::sync::atomic::AtomicU64,
+    /// Simulator only: record writes of multi-record operations left before one never finishes
+    /// (negative: never). See [`FileSystem::stall_after_writes`].
+    stall_countdown: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// A mounted volume's file system. Cheap to clone.
@@ -197,6 +200,7 @@ impl<E: Env> FileSystem<E> {
             entries: StdMutex::new(tasks::EntryCache::new(ENTRY_CACHE_CAPACITY)),
             handles: StdMutex::new(BTreeMap::new()),
             next_handle: std::sync::atomic::AtomicU64::new(1),
+            stall_countdown: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
         });
         let file_system = Self { shared };
         let mut report = RecoveryReport::default();
@@ -288,6 +292,29 @@ impl<E: Env> FileSystem<E> {
             .map_err(io_error)?;
         tracing::info!("formatted a new file system");
         Ok(superblock)
+    }
+
+    /// For the simulator's crash points: after `writes` more record writes of multi-record
+    /// operations (the intent included), the next one never finishes, as if the client died in
+    /// the middle of the operation; the simulator then kills the client. Never set outside it.
+    pub fn stall_after_writes(&self, writes: i64) {
+        self.shared
+            .stall_countdown
+            .store(writes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Wait forever if the stall countdown (see [`FileSystem::stall_after_writes`]) runs out
+    /// with this write.
+    pub(crate) async fn maybe_stall(countdown: &std::sync::atomic::AtomicI64) {
+        use std::sync::atomic::Ordering;
+        let stall = countdown
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                (left >= 0).then_some(left - 1)
+            })
+            .is_ok_and(|left| left == 0);
+        if stall {
+            std::future::pending::<()>().await;
+        }
     }
 
     pub fn client(&self) -> &QuorumClient<E> {
