@@ -1160,88 +1160,19 @@ impl<E: Env> QuorumClient<E> {
     /// Keys under `prefix` that exist (tombstones excluded), in key order. A prefix containing
     /// `#` lists one partition (one owner per bank); any other prefix asks every server.
     pub async fn list(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>, QuorumError> {
-        let inner = &self.inner;
-        let placement = &inner.placement;
-        let servers: Vec<ServerIndex> = if prefix.contains(&PARTITION_SEPARATOR) {
-            placement.partition_owners(partition_of(prefix))
-        } else {
-            (0..placement.server_count()).collect()
-        };
-        let (sender, mut receiver) = mpsc::channel(servers.len());
-        for server in &servers {
-            let client = self.clone();
-            let sender = sender.clone();
-            let server = *server;
-            let prefix = prefix.to_vec();
-            inner.env.spawn(async move {
-                let listing = client.list_server(server, &prefix).await;
-                let _ = sender.send((server, listing)).await;
-            });
-        }
-        drop(sender);
-        // Per bank: the merged listing, or None when some server of the bank could not vouch.
-        let mut banks: BTreeMap<usize, Option<BTreeMap<Vec<u8>, ListEntry>>> = BTreeMap::new();
-        let mut failures = Vec::new();
-        while let Some((server, listing)) = receiver.recv().await {
-            let bank = placement.member(server).bank as usize;
-            let merged = banks.entry(bank).or_insert_with(|| Some(BTreeMap::new()));
-            match (listing, merged.as_mut()) {
-                (Ok(entries), Some(merged)) => {
-                    for entry in entries {
-                        match merged.get(&entry.key) {
-                            Some(existing) if existing.version >= entry.version => {}
-                            _ => {
-                                merged.insert(entry.key.clone(), entry);
-                            }
-                        }
-                    }
-                }
-                (Ok(_), None) => {}
-                (Err(why), _) => {
-                    failures.push((server, why));
-                    *merged = None;
-                }
-            }
-        }
-        let authoritative: Vec<&BTreeMap<Vec<u8>, ListEntry>> =
-            banks.values().filter_map(|bank| bank.as_ref()).collect();
-        if authoritative.len() < placement.quorum() {
-            return Err(QuorumError::Unavailable(format!(
-                "listing needs {} banks that can vouch for their contents, {} can: {}",
-                placement.quorum(),
-                authoritative.len(),
-                describe_failures(&failures, placement)
-            )));
-        }
-        let all_keys: BTreeSet<&Vec<u8>> =
-            authoritative.iter().flat_map(|bank| bank.keys()).collect();
         let mut keys = Vec::new();
-        for key in all_keys {
-            let copies: Vec<Option<&ListEntry>> =
-                authoritative.iter().map(|bank| bank.get(key)).collect();
-            let top = copies
-                .iter()
-                .flatten()
-                .max_by_key(|entry| entry.version)
-                .expect("the key came from some bank");
-            let holders = copies
-                .iter()
-                .flatten()
-                .filter(|entry| entry.version == top.version && entry.tag == top.tag)
-                .count();
-            let exists = if holders >= placement.quorum() {
-                !top.tombstone
-            } else {
-                // Not settled on a quorum: let a full read decide (and write back).
-                self.read_record(key)
-                    .await?
-                    .is_some_and(|record| !record.tombstone)
-            };
-            if exists {
-                keys.push(key.clone());
+        let mut start_after: Option<Vec<u8>> = None;
+        // Bounded by the number of keys: every page resumes after the last key it covered.
+        loop {
+            let page = self
+                .list_page(prefix, start_after.as_deref(), MAX_LIST_ENTRIES)
+                .await?;
+            keys.extend(page.keys);
+            match page.resume_after {
+                Some(after) => start_after = Some(after),
+                None => return Ok(keys),
             }
         }
-        Ok(keys)
     }
 
     /// One page of [`QuorumClient::list`]: the existing keys under `prefix` after `start_after`
@@ -1375,44 +1306,6 @@ impl<E: Env> QuorumClient<E> {
             keys,
             resume_after: horizon.cloned(),
         })
-    }
-
-    async fn list_server(
-        &self,
-        server: ServerIndex,
-        prefix: &[u8],
-    ) -> Result<Vec<ListEntry>, String> {
-        let mut entries = Vec::new();
-        let mut start_after: Option<Vec<u8>> = None;
-        // Bounded by the number of keys on the server: every page advances start_after.
-        loop {
-            let request = Request::List {
-                volume: self.inner.volume,
-                prefix: prefix.to_vec(),
-                start_after: start_after.clone(),
-                limit: MAX_LIST_ENTRIES,
-            };
-            match self.call_server(server, request).await {
-                Ok(Response::Listing {
-                    entries: page,
-                    complete,
-                }) => {
-                    if let Some(last) = page.last() {
-                        if start_after.as_ref().is_some_and(|after| &last.key <= after) {
-                            return Err("listing did not advance".into());
-                        }
-                        start_after = Some(last.key.clone());
-                    }
-                    let empty = page.is_empty();
-                    entries.extend(page);
-                    if complete || empty {
-                        return Ok(entries);
-                    }
-                }
-                Ok(other) => return Err(format!("{other:?}")),
-                Err(error) => return Err(error.to_string()),
-            }
-        }
     }
 }
 
