@@ -8,6 +8,7 @@ use votefs::fs::{
     AttributeChanges, Caller, Errno as FsErrno, FileKind as FsKind, FileSystem, Inode, RenameMode,
     TimeChange, Timestamp as FsTimestamp, ROOT_INODE,
 };
+use votefs::verify::model::check_xattr_namespace;
 use votefs::verify::operation::{
     Attributes, DirectoryEntry, Errno, FileKind, FsPath, Operation, RenameMode as PathRenameMode,
     Reply, Response, Timestamp, MAXIMUM_NAME_LENGTH, MAXIMUM_READ_LENGTH,
@@ -365,7 +366,7 @@ impl<E: Env> PathTarget<E> {
             }
             Operation::SetXattr { path, name, value } => {
                 let ino = self.resolve(path, true).await?;
-                check_user_namespace(name)?;
+                check_xattr_namespace(name)?;
                 self.fs
                     .set_extended_attribute(ino, name, value, 0)
                     .await
@@ -374,7 +375,7 @@ impl<E: Env> PathTarget<E> {
             }
             Operation::GetXattr { path, name } => {
                 let ino = self.resolve(path, true).await?;
-                check_user_namespace(name)?;
+                check_xattr_namespace(name)?;
                 Ok(Reply::Value(
                     self.fs
                         .get_extended_attribute(ino, name)
@@ -390,7 +391,7 @@ impl<E: Env> PathTarget<E> {
             }
             Operation::RemoveXattr { path, name } => {
                 let ino = self.resolve(path, true).await?;
-                check_user_namespace(name)?;
+                check_xattr_namespace(name)?;
                 self.fs
                     .remove_extended_attribute(ino, name)
                     .await
@@ -451,18 +452,4 @@ fn split_target(target: &[u8], directory: u64) -> (u64, Vec<Vec<u8>>) {
         .map(|name| name.to_vec())
         .collect();
     (start, components)
-}
-
-/// The xattr namespaces Linux passes to a file system for root; it refuses others itself.
-fn check_user_namespace(name: &[u8]) -> Result<(), Errno> {
-    for prefix in [&b"user."[..], b"trusted.", b"security."] {
-        if let Some(rest) = name.strip_prefix(prefix) {
-            return if rest.is_empty() {
-                Err(Errno::EINVAL)
-            } else {
-                Ok(())
-            };
-        }
-    }
-    Err(Errno::EOPNOTSUPP)
 }

@@ -110,7 +110,6 @@ pub(crate) struct FileState {
     /// Chunks written since the last flush. An empty buffer stands for a chunk to delete
     /// (it reads as zeros).
     pub dirty_chunks: BTreeMap<u64, Vec<u8>>,
-    pub dirty_bytes: u64,
     /// The inode has changes not yet stored.
     pub inode_dirty: bool,
     /// What the cluster holds for this inode (size and stored extent as last written).
@@ -124,6 +123,22 @@ struct CachedInode {
     /// Open file handles on this inode; an unlinked inode with open handles stays until the last
     /// release.
     open_count: u64,
+}
+
+impl CachedInode {
+    /// An inode as the cluster holds it: nothing buffered, not open.
+    fn new(inode: Inode) -> Self {
+        Self {
+            state: Arc::new(AsyncMutex::new(FileState {
+                dirty_chunks: BTreeMap::new(),
+                inode_dirty: false,
+                stored_size: inode.size,
+                stored_extent: inode.stored_extent,
+            })),
+            inode,
+            open_count: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -372,17 +387,7 @@ impl<E: Env> FileSystem<E> {
         assert_eq!(inode.ino, ino, "inode record holds another inode");
         let mut inodes = self.shared.inodes.lock().unwrap();
         // Someone may have loaded (and changed) it meanwhile: theirs is newer.
-        let cached = inodes.entry(ino).or_insert_with(|| CachedInode {
-            state: Arc::new(AsyncMutex::new(FileState {
-                dirty_chunks: BTreeMap::new(),
-                dirty_bytes: 0,
-                inode_dirty: false,
-                stored_size: inode.size,
-                stored_extent: inode.stored_extent,
-            })),
-            inode,
-            open_count: 0,
-        });
+        let cached = inodes.entry(ino).or_insert_with(|| CachedInode::new(inode));
         let result = (cached.inode.clone(), cached.state.clone());
         Self::trim_cache(&mut inodes);
         Ok(result)
@@ -418,21 +423,7 @@ impl<E: Env> FileSystem<E> {
         match inodes.get_mut(&inode.ino) {
             Some(cached) => cached.inode = inode,
             None => {
-                let ino = inode.ino;
-                inodes.insert(
-                    ino,
-                    CachedInode {
-                        state: Arc::new(AsyncMutex::new(FileState {
-                            dirty_chunks: BTreeMap::new(),
-                            dirty_bytes: 0,
-                            inode_dirty: false,
-                            stored_size: inode.size,
-                            stored_extent: inode.stored_extent,
-                        })),
-                        inode,
-                        open_count: 0,
-                    },
-                );
+                inodes.insert(inode.ino, CachedInode::new(inode));
             }
         }
     }

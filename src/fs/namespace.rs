@@ -302,7 +302,6 @@ impl<E: Env> FileSystem<E> {
             .stored_chunk_end()
             .max(state.stored_extent.div_ceil(super::types::CHUNK_BYTES));
         state.dirty_chunks.clear();
-        state.dirty_bytes = 0;
         state.inode_dirty = false;
         Ok(vec![
             IntentStep::DeleteInode(ino),

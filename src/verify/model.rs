@@ -843,7 +843,8 @@ pub fn clamp_read_length(offset: u64, length: u64) -> u64 {
 }
 
 /// EOPNOTSUPP for a namespace the model does not store, EINVAL for a namespace prefix alone.
-fn check_xattr_namespace(name: &[u8]) -> Result<(), Errno> {
+/// The xattr namespaces Linux passes to a file system for root; it refuses the others itself.
+pub fn check_xattr_namespace(name: &[u8]) -> Result<(), Errno> {
     for prefix in [&b"user."[..], b"trusted.", b"security."] {
         if let Some(rest) = name.strip_prefix(prefix) {
             return if rest.is_empty() {
