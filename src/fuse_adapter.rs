@@ -21,6 +21,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::env::tokio_env::TokioEnv;
+use crate::exported_metrics::OperationLatencies;
 use crate::fs::namespace::DIRECTORY_PAGE_ENTRIES;
 use crate::fs::{
     AttributeChanges, Caller, Errno, FileKind, FileSystem, Inode, InodeNumber, RenameMode,
@@ -170,6 +171,7 @@ pub struct FuseAdapter {
     next_listing: AtomicU64,
     /// Completed when the kernel ends the session (unmounted from outside, or by us).
     ended: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    latencies: Arc<OperationLatencies>,
 }
 
 impl FuseAdapter {
@@ -177,6 +179,7 @@ impl FuseAdapter {
         file_system: FileSystem<TokioEnv>,
         runtime: Handle,
         ended: tokio::sync::oneshot::Sender<()>,
+        latencies: Arc<OperationLatencies>,
     ) -> Self {
         Self {
             file_system,
@@ -184,15 +187,23 @@ impl FuseAdapter {
             listings: Arc::new(Mutex::new(BTreeMap::new())),
             next_listing: AtomicU64::new(1),
             ended: Mutex::new(Some(ended)),
+            latencies,
         }
     }
 
-    fn spawn<F>(&self, work: impl FnOnce(FileSystem<TokioEnv>) -> F)
+    /// Serve one request as its own task, timing it for the mount's latency metrics (the
+    /// adapter runs only on the real runtime, so the wall clock is the right one here).
+    fn spawn<F>(&self, operation: &'static str, work: impl FnOnce(FileSystem<TokioEnv>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let future = work(self.file_system.clone());
-        self.runtime.spawn(future);
+        let latencies = self.latencies.clone();
+        let started = std::time::Instant::now();
+        self.runtime.spawn(async move {
+            future.await;
+            latencies.observe(operation, started.elapsed());
+        });
     }
 }
 
@@ -248,11 +259,13 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name_bytes(name);
-        self.spawn(|fs| async move { reply_entry(reply, fs.lookup(parent.0, &name).await) });
+        self.spawn("lookup", |fs| async move {
+            reply_entry(reply, fs.lookup(parent.0, &name).await)
+        });
     }
 
     fn getattr(&self, _request: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.spawn(|fs| async move {
+        self.spawn("getattr", |fs| async move {
             match fs.inode(ino.0).await {
                 Ok(inode) => reply.attr(&ATTRIBUTE_TTL, &file_attributes(&inode)),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -287,7 +300,7 @@ impl Filesystem for FuseAdapter {
             mtime: mtime.map(time_change),
             ctime: ctime.map(timestamp),
         };
-        self.spawn(|fs| async move {
+        self.spawn("setattr", |fs| async move {
             match fs.set_attributes(ino.0, changes).await {
                 Ok(inode) => reply.attr(&ATTRIBUTE_TTL, &file_attributes(&inode)),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -296,7 +309,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _request: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(|fs| async move {
+        self.spawn("readlink", |fs| async move {
             match fs.read_link(ino.0).await {
                 Ok(target) => reply.data(&target),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -320,7 +333,7 @@ impl Filesystem for FuseAdapter {
             reply.error(fuse_errno(Errno::EINVAL));
             return;
         };
-        self.spawn(|fs| async move {
+        self.spawn("mknod", |fs| async move {
             let result = fs
                 .make_node(parent.0, &name, kind, mode & !umask & 0o7777, rdev, caller)
                 .await;
@@ -339,7 +352,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_bytes(name);
         let caller = caller(request);
-        self.spawn(|fs| async move {
+        self.spawn("mkdir", |fs| async move {
             let result = fs
                 .make_directory(parent.0, &name, mode & !umask & 0o7777, caller)
                 .await;
@@ -349,14 +362,16 @@ impl Filesystem for FuseAdapter {
 
     fn unlink(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(|fs| async move { reply_empty(reply, fs.unlink(parent.0, &name).await) });
+        self.spawn("unlink", |fs| async move {
+            reply_empty(reply, fs.unlink(parent.0, &name).await)
+        });
     }
 
     fn rmdir(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(
-            |fs| async move { reply_empty(reply, fs.remove_directory(parent.0, &name).await) },
-        );
+        self.spawn("rmdir", |fs| async move {
+            reply_empty(reply, fs.remove_directory(parent.0, &name).await)
+        });
     }
 
     fn symlink(
@@ -370,7 +385,7 @@ impl Filesystem for FuseAdapter {
         let name = name_bytes(link_name);
         let target = target.as_os_str().as_bytes().to_vec();
         let caller = caller(request);
-        self.spawn(|fs| async move {
+        self.spawn("symlink", |fs| async move {
             reply_entry(
                 reply,
                 fs.make_symlink(parent.0, &name, &target, caller).await,
@@ -400,7 +415,7 @@ impl Filesystem for FuseAdapter {
         };
         let name = name_bytes(name);
         let new_name = name_bytes(new_name);
-        self.spawn(|fs| async move {
+        self.spawn("rename", |fs| async move {
             reply_empty(
                 reply,
                 fs.rename(parent.0, &name, new_parent.0, &new_name, mode)
@@ -418,13 +433,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let new_name = name_bytes(new_name);
-        self.spawn(|fs| async move {
+        self.spawn("link", |fs| async move {
             reply_entry(reply, fs.link(ino.0, new_parent.0, &new_name).await)
         });
     }
 
     fn open(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(|fs| async move {
+        self.spawn("open", |fs| async move {
             match fs.open(ino.0).await {
                 Ok(handle) => reply.opened(FileHandle(handle), FopenFlags::empty()),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -443,7 +458,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("read", |fs| async move {
             match fs.read(ino.0, offset, size).await {
                 Ok(data) => reply.data(&data),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -464,7 +479,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn(|fs| async move {
+        self.spawn("write", |fs| async move {
             match fs.write(ino.0, offset, &data).await {
                 Ok(written) => reply.written(written),
                 Err(errno) => reply.error(fuse_errno(errno)),
@@ -480,7 +495,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move { reply_empty(reply, fs.flush(ino.0).await) });
+        self.spawn("flush", |fs| async move {
+            reply_empty(reply, fs.flush(ino.0).await)
+        });
     }
 
     fn release(
@@ -493,7 +510,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move { reply_empty(reply, fs.release(fh.0).await) });
+        self.spawn("release", |fs| async move {
+            reply_empty(reply, fs.release(fh.0).await)
+        });
     }
 
     fn fsync(
@@ -504,13 +523,15 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move { reply_empty(reply, fs.flush(ino.0).await) });
+        self.spawn("fsync", |fs| async move {
+            reply_empty(reply, fs.flush(ino.0).await)
+        });
     }
 
     fn opendir(&self, _request: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         let streams = self.listings.clone();
         let handle = self.next_listing.fetch_add(1, Ordering::Relaxed);
-        self.spawn(|fs| async move {
+        self.spawn("opendir", |fs| async move {
             match fs.inode(ino.0).await {
                 Ok(directory) if directory.kind == FileKind::Directory => {
                     let stream = DirectoryStream::new(ino.0, directory.parent);
@@ -538,7 +559,7 @@ impl Filesystem for FuseAdapter {
             reply.error(fuse_errno(Errno::EBADF));
             return;
         };
-        self.spawn(|fs| async move {
+        self.spawn("readdir", |fs| async move {
             let mut stream = stream.lock().await;
             if let Err(errno) = stream.seek(&fs, offset).await {
                 return reply.error(fuse_errno(errno));
@@ -609,7 +630,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let name = name_bytes(name);
         let value = value.to_vec();
-        self.spawn(|fs| async move {
+        self.spawn("setxattr", |fs| async move {
             reply_empty(
                 reply,
                 fs.set_extended_attribute(ino.0, &name, &value, flags).await,
@@ -626,13 +647,13 @@ impl Filesystem for FuseAdapter {
         reply: ReplyXattr,
     ) {
         let name = name_bytes(name);
-        self.spawn(|fs| async move {
+        self.spawn("getxattr", |fs| async move {
             reply_xattr(reply, size, fs.get_extended_attribute(ino.0, &name).await)
         });
     }
 
     fn listxattr(&self, _request: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(|fs| async move {
+        self.spawn("listxattr", |fs| async move {
             let result = fs.list_extended_attributes(ino.0).await.map(|names| {
                 let mut joined = Vec::new();
                 for name in names {
@@ -647,7 +668,7 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
-        self.spawn(|fs| async move {
+        self.spawn("removexattr", |fs| async move {
             reply_empty(reply, fs.remove_extended_attribute(ino.0, &name).await)
         });
     }
@@ -673,7 +694,7 @@ impl Filesystem for FuseAdapter {
             reply.error(fuse_errno(Errno::EINVAL));
             return;
         };
-        self.spawn(|fs| async move {
+        self.spawn("create", |fs| async move {
             let inode = match fs
                 .make_node(parent.0, &name, kind, mode & !umask & 0o7777, 0, caller)
                 .await
@@ -704,7 +725,7 @@ impl Filesystem for FuseAdapter {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.spawn(|fs| async move {
+        self.spawn("fallocate", |fs| async move {
             reply_empty(reply, fs.allocate(ino.0, offset, length, mode).await)
         });
     }

@@ -8,12 +8,16 @@
 //! Only [`env::tokio_env`], [`disk::file_disk`] and the binary's command-line glue talk to the
 //! operating system directly.
 
+pub mod admin;
 pub mod config;
+pub mod digest;
 pub mod disk;
 pub mod env;
+pub mod exported_metrics;
 pub mod fs;
 pub mod fuse_adapter;
 pub mod local_cluster;
+pub mod metrics;
 pub mod mount;
 pub mod placement;
 pub mod planted;
@@ -24,5 +28,6 @@ pub mod rng;
 pub mod rpc;
 pub mod scrub;
 pub mod server;
+pub mod server_choice;
 pub mod store;
 pub mod verify;

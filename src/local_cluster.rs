@@ -35,8 +35,15 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{write_key_file, BankConfig, ClusterConfig, ClusterFile};
-use crate::env::tokio_env::os_random_fill;
+use crate::env::random_u128;
+use crate::env::tokio_env::{os_random_fill, TokioEnv};
+use crate::proto::Request;
 use crate::record::{ClusterKey, CLUSTER_KEY_BYTES};
+use crate::rpc::{RpcOptions, ServerLink};
+
+/// The environment variable through which a supervisor tells its server how often it restarted
+/// it, so that `votefs status` can show the count.
+pub const RESTARTS_ENVIRONMENT_VARIABLE: &str = "VOTEFS_RESTARTS";
 
 /// The data directory `votefs up` uses when given none (relative to the working directory).
 pub const DEFAULT_DATA_DIR: &str = "./votefs-data";
@@ -365,6 +372,40 @@ impl Default for RestartPolicy {
     }
 }
 
+/// How the supervisor tells a hung server from a live one: a process can be alive yet never
+/// answer (deadlocked, stopped, stuck on a dead disk), and only exits are seen otherwise.
+///
+/// Every `interval` the supervisor sends the server an authenticated `Identify` request. A server
+/// that answered at least once and then fails `failures_before_kill` probes in a row is killed
+/// (SIGKILL) and restarted like one that exited. A server that has not answered yet may still be
+/// recovering a large log, so it is only killed once `startup_grace` passes without any answer.
+#[derive(Clone, Debug)]
+pub struct HealthProbePolicy {
+    /// Time between two probes of one server.
+    pub interval: Duration,
+    /// How long one probe (connecting included) may take before it counts as failed.
+    pub timeout: Duration,
+    /// Consecutive failed probes after which a server that answered before counts as hung; 0
+    /// counts as 1.
+    pub failures_before_kill: u32,
+    /// How long a server that never answered a probe may take before it counts as hung.
+    pub startup_grace: Duration,
+}
+
+impl Default for HealthProbePolicy {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(3),
+            // With the interval and timeout above: about 10 s without an answer. A full
+            // stop-the-world moment (a slow fsync, swapping) should not cost a restart.
+            failures_before_kill: 3,
+            // Recovering a log scans it all; give a big one far more than the usual seconds.
+            startup_grace: Duration::from_secs(300),
+        }
+    }
+}
+
 /// How [`LocalCluster::start`] runs the servers.
 #[derive(Clone, Debug)]
 pub struct StartOptions {
@@ -377,6 +418,8 @@ pub struct StartOptions {
     /// How long a server may take to exit after SIGTERM before it gets SIGKILL.
     pub stop_timeout: Duration,
     pub restart: RestartPolicy,
+    /// How running servers are checked for a hang; `None` watches only for exits.
+    pub health_probe: Option<HealthProbePolicy>,
 }
 
 impl StartOptions {
@@ -387,6 +430,7 @@ impl StartOptions {
             ready_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(5),
             restart: RestartPolicy::default(),
+            health_probe: Some(HealthProbePolicy::default()),
         }
     }
 }
@@ -398,6 +442,8 @@ struct ServerShared {
     restart_count: AtomicU64,
     /// The running process's id; 0 while none runs.
     pid: AtomicU32,
+    /// Health probes answered, over every run of the server (tests wait on it).
+    probes_answered: AtomicU64,
 }
 
 /// A running local cluster: every server a child process, each watched by a supervisor task that
@@ -427,6 +473,10 @@ impl LocalCluster {
             created_key: _,
             lock,
         } = prepared;
+        // Loaded before any server starts: the health probes speak the authenticated protocol.
+        let cluster_key = config
+            .load_key()
+            .context("cannot load the cluster key for the health probes")?;
         let options = Arc::new(options);
         let servers: Vec<Arc<ServerShared>> = local_servers(&data_dir, &layout)
             .into_iter()
@@ -435,6 +485,7 @@ impl LocalCluster {
                     server,
                     restart_count: AtomicU64::new(0),
                     pid: AtomicU32::new(0),
+                    probes_answered: AtomicU64::new(0),
                 })
             })
             .collect();
@@ -476,6 +527,7 @@ impl LocalCluster {
                     launch.child,
                     Arc::clone(&options),
                     config.key_file.clone(),
+                    cluster_key.clone(),
                     stopping.subscribe(),
                 ))
             })
@@ -517,8 +569,8 @@ impl LocalCluster {
             .collect()
     }
 
-    /// How many times the supervisor started each server again after its process exited,
-    /// bank-major.
+    /// How many times the supervisor started each server again after its process exited or was
+    /// killed as hung, bank-major.
     pub fn restart_counts(&self) -> Vec<u64> {
         self.servers
             .iter()
@@ -631,6 +683,11 @@ fn launch(shared: &ServerShared, options: &StartOptions, key_file: &Path) -> Res
         .arg("--key-file")
         .arg(key_file)
         .env("NO_COLOR", "1")
+        // Read by `votefs server` and reported in its stats, for `votefs status`.
+        .env(
+            RESTARTS_ENVIRONMENT_VARIABLE,
+            shared.restart_count.load(Ordering::Relaxed).to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(open_log()?))
@@ -778,14 +835,24 @@ async fn stop_requested(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
 }
 
-/// Watch one server: when its process exits, log it and start it again after a backoff, until
-/// the cluster stops. Stopping wins over restarting: it is checked after every exit and during
-/// every backoff.
+/// Why a supervised server process ended.
+enum Ended {
+    /// It exited by itself (or was killed by someone else).
+    Exited(std::io::Result<ExitStatus>),
+    /// The supervisor killed it because it stopped answering; the reason says for how long.
+    Hung(String),
+}
+
+/// Watch one server: when its process exits, or stops answering health probes and is killed,
+/// log why and start it again after a backoff, until the cluster stops. Stopping wins over
+/// restarting: it is checked after every exit and during every backoff, so a server stopped on
+/// purpose is never started again.
 async fn supervise(
     shared: Arc<ServerShared>,
     child: Child,
     options: Arc<StartOptions>,
     key_file: PathBuf,
+    cluster_key: ClusterKey,
     mut stopping: watch::Receiver<bool>,
 ) {
     let policy = &options.restart;
@@ -793,12 +860,45 @@ async fn supervise(
     let mut running = Some((child, Instant::now()));
     loop {
         if let Some((mut child, started_at)) = running.take() {
-            let status = tokio::select! {
-                status = child.wait() => status,
+            let health = async {
+                match &options.health_probe {
+                    Some(probe) => watch_health(&shared, probe, &cluster_key, started_at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let ended = tokio::select! {
+                status = child.wait() => Ended::Exited(status),
+                reason = health => Ended::Hung(reason),
                 _ = stop_requested(&mut stopping) => {
                     terminate(&mut child, options.stop_timeout).await;
                     shared.clear_pid();
                     return;
+                }
+            };
+            let reason = match ended {
+                Ended::Exited(Ok(status)) => format!("exited with {status}"),
+                Ended::Exited(Err(error)) => format!("exited with an unknown status ({error})"),
+                Ended::Hung(reason) => {
+                    // Its own log should say why it ended, next to its last words.
+                    append_log_line(
+                        &shared.server.log_file,
+                        &format!("--- votefs up: killing {}: {reason} ---", shared.describe()),
+                    );
+                    // SIGKILL: a hung process may not handle SIGTERM, and waiting for it to would
+                    // only keep the server unavailable longer.
+                    let _ = child.start_kill();
+                    let status = tokio::select! {
+                        status = child.wait() => status,
+                        _ = stop_requested(&mut stopping) => {
+                            // Dropping the child reaps it in the background (kill_on_drop).
+                            shared.clear_pid();
+                            return;
+                        }
+                    };
+                    match status {
+                        Ok(status) => format!("{reason}; killed it with SIGKILL ({status})"),
+                        Err(error) => format!("{reason}; killed it with SIGKILL ({error})"),
+                    }
                 }
             };
             shared.clear_pid();
@@ -808,12 +908,8 @@ async fn supervise(
             if started_at.elapsed() >= policy.stable_after {
                 backoff = policy.initial_backoff;
             }
-            let status = match status {
-                Ok(status) => status.to_string(),
-                Err(error) => format!("an unknown status ({error})"),
-            };
             tracing::warn!(
-                "{} exited with {status}; restarting it in {} ms (see {})",
+                "{} {reason}; restarting it in {} ms (see {})",
                 shared.describe(),
                 backoff.as_millis(),
                 shared.server.log_file.display()
@@ -835,6 +931,128 @@ async fn supervise(
                 shared.describe(),
                 backoff.as_millis()
             ),
+        }
+    }
+}
+
+/// Append one line to a server's log, best effort: the same line also goes to `votefs up`'s own
+/// log, so losing it here loses little.
+fn append_log_line(log_file: &Path, line: &str) {
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .and_then(|mut log| writeln!(log, "{line}"));
+    if let Err(error) = appended {
+        tracing::warn!("cannot write log file {}: {error}", log_file.display());
+    }
+}
+
+/// Probe the server of `shared` (a process started at `started_at`) with `Identify` every
+/// `policy.interval` until it counts as hung, and return why. Never returns while it answers.
+async fn watch_health(
+    shared: &ServerShared,
+    policy: &HealthProbePolicy,
+    cluster_key: &ClusterKey,
+    started_at: Instant,
+) -> String {
+    let env = TokioEnv::new();
+    let link = ServerLink::new(
+        env.clone(),
+        shared.server.address,
+        cluster_key.clone(),
+        RpcOptions {
+            connect_timeout: policy.timeout,
+            request_timeout: policy.timeout,
+            connections_per_server: 1,
+            // One probe at a time.
+            queue_depth: 1,
+            // Every probe may connect afresh: a refused connect is a failed probe of its own.
+            reconnect_backoff: Duration::ZERO,
+        },
+    );
+    // Request ids are remembered by the server for duplicate detection: start at a random one
+    // rather than at 0 on every run.
+    let mut request_id = random_u128(&env);
+    let mut tracker = HealthTracker::new(started_at);
+    let mut ticks = tokio::time::interval(policy.interval.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        request_id = request_id.wrapping_add(1);
+        // Connect and answer are each bounded by the link; this bounds their sum as well.
+        let answer = tokio::time::timeout(
+            policy.timeout.saturating_mul(2),
+            link.call(request_id, Request::Identify),
+        )
+        .await;
+        let outcome = match answer {
+            // Any answer will do: it shows the server reads, decides and writes.
+            Ok(Ok(_)) => {
+                shared.probes_answered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => Err("no answer in time".to_string()),
+        };
+        if let Some(reason) = tracker.record(outcome, Instant::now(), policy) {
+            return reason;
+        }
+    }
+}
+
+/// The probe history of one server process, which decides when it counts as hung.
+#[derive(Debug)]
+struct HealthTracker {
+    started_at: Instant,
+    /// When the process last answered; `None` while it never has (it may still be starting).
+    last_answer_at: Option<Instant>,
+    consecutive_failures: u32,
+}
+
+impl HealthTracker {
+    fn new(started_at: Instant) -> Self {
+        Self {
+            started_at,
+            last_answer_at: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// Count the outcome of one probe finished at `now`; `Some(reason)` once the server counts
+    /// as hung.
+    fn record(
+        &mut self,
+        outcome: Result<(), String>,
+        now: Instant,
+        policy: &HealthProbePolicy,
+    ) -> Option<String> {
+        let error = match outcome {
+            Ok(()) => {
+                self.last_answer_at = Some(now);
+                self.consecutive_failures = 0;
+                return None;
+            }
+            Err(error) => error,
+        };
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        match self.last_answer_at {
+            Some(last_answer_at) if self.consecutive_failures >= policy.failures_before_kill => {
+                Some(format!(
+                    "did not answer a health probe for {:.1} s ({} probes in a row failed, the \
+                     last with: {error})",
+                    now.saturating_duration_since(last_answer_at).as_secs_f64(),
+                    self.consecutive_failures
+                ))
+            }
+            None if now.saturating_duration_since(self.started_at) >= policy.startup_grace => {
+                Some(format!(
+                    "did not answer a health probe for {:.1} s since it started (the last \
+                     probe failed with: {error})",
+                    now.saturating_duration_since(self.started_at).as_secs_f64()
+                ))
+            }
+            _ => None,
         }
     }
 }
@@ -892,9 +1110,18 @@ mod tests {
         assert_eq!(last.port(0, 0), u16::MAX);
     }
 
+    /// Held by tests that start processes and by tests that need a dropped `up.lock` to be free
+    /// at once. A process forked by another thread shares every open file (the lock file too)
+    /// until it reaches exec, which closes them: the `flock` then outlives the [`PreparedCluster`]
+    /// that was dropped, and a new `prepare` of the same directory fails.
+    ///
+    /// A tokio mutex, so that the asynchronous tests can hold it across awaits.
+    static FORKING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     #[test]
     fn prepare_reuses_the_key_and_refuses_another_layout() {
         use std::os::unix::fs::PermissionsExt;
+        let _no_forks = FORKING.blocking_lock();
         let scratch = tempfile::tempdir().unwrap();
         let data_dir = scratch.path().join("nested").join("data");
         let layout = LocalLayout {
@@ -940,5 +1167,279 @@ mod tests {
         std::fs::remove_file(&key_file).unwrap();
         let error = prepare(&data_dir, layout).unwrap_err().to_string();
         assert!(error.contains("key file"), "{error}");
+    }
+
+    fn probe_policy() -> HealthProbePolicy {
+        HealthProbePolicy {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failures_before_kill: 3,
+            startup_grace: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn a_server_that_answered_is_hung_after_consecutive_failures() {
+        let policy = probe_policy();
+        let started_at = Instant::now();
+        let at = |seconds: u64| started_at + Duration::from_secs(seconds);
+        let mut tracker = HealthTracker::new(started_at);
+        assert_eq!(tracker.record(Ok(()), at(1), &policy), None);
+        assert_eq!(tracker.record(Err("a".into()), at(2), &policy), None);
+        assert_eq!(tracker.record(Err("b".into()), at(3), &policy), None);
+        // An answer in between starts the count again.
+        assert_eq!(tracker.record(Ok(()), at(4), &policy), None);
+        assert_eq!(tracker.record(Err("c".into()), at(5), &policy), None);
+        assert_eq!(tracker.record(Err("d".into()), at(6), &policy), None);
+        let reason = tracker
+            .record(Err("no answer in time".into()), at(7), &policy)
+            .expect("three failures in a row after an answer");
+        assert_eq!(
+            reason,
+            "did not answer a health probe for 3.0 s (3 probes in a row failed, the last with: \
+             no answer in time)"
+        );
+    }
+
+    #[test]
+    fn a_starting_server_gets_the_startup_grace() {
+        let policy = probe_policy();
+        let started_at = Instant::now();
+        let at = |seconds: u64| started_at + Duration::from_secs(seconds);
+        let mut tracker = HealthTracker::new(started_at);
+        // Still recovering its log: many failures, but within the grace.
+        for second in 1..60 {
+            assert_eq!(
+                tracker.record(Err("refused".into()), at(second), &policy),
+                None
+            );
+        }
+        let reason = tracker
+            .record(Err("refused".into()), at(60), &policy)
+            .expect("no answer within the startup grace");
+        assert!(reason.contains("for 60.0 s since it started"), "{reason}");
+
+        // Once it answered, the grace no longer matters, only consecutive failures do.
+        let mut tracker = HealthTracker::new(started_at);
+        assert_eq!(tracker.record(Ok(()), at(100), &policy), None);
+        assert_eq!(tracker.record(Err("x".into()), at(101), &policy), None);
+        assert_eq!(tracker.record(Err("x".into()), at(102), &policy), None);
+        assert!(tracker.record(Err("x".into()), at(103), &policy).is_some());
+
+        let never_twice = HealthProbePolicy {
+            failures_before_kill: 0,
+            ..policy
+        };
+        let mut tracker = HealthTracker::new(started_at);
+        assert_eq!(tracker.record(Ok(()), at(1), &never_twice), None);
+        assert!(tracker
+            .record(Err("x".into()), at(2), &never_twice)
+            .is_some());
+    }
+
+    /// Environment variables the supervisor tests' stand-in server reads its arguments from.
+    const STAND_IN_LISTEN: &str = "VOTEFS_STAND_IN_LISTEN";
+    const STAND_IN_DATA: &str = "VOTEFS_STAND_IN_DATA";
+    const STAND_IN_KEY_FILE: &str = "VOTEFS_STAND_IN_KEY_FILE";
+
+    /// Not a test on its own (it returns at once in a normal run): the body of the server process
+    /// the supervisor tests start. The `votefs` executable is not built for the library's unit
+    /// tests, so [`stand_in_executable`] runs this test binary instead, filtered to this test,
+    /// and this serves the real [`crate::server::Server`] just as `votefs server` does.
+    #[test]
+    fn stand_in_server() {
+        use crate::env::Env;
+        let (Ok(listen), Ok(data), Ok(key_file)) = (
+            std::env::var(STAND_IN_LISTEN),
+            std::env::var(STAND_IN_DATA),
+            std::env::var(STAND_IN_KEY_FILE),
+        ) else {
+            return;
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let key = crate::config::load_key_file(Path::new(&key_file)).unwrap();
+            let disk = crate::disk::file_disk::FileDisk::open(&data).unwrap();
+            let env = TokioEnv::new();
+            let listener = env.bind(listen.parse().unwrap()).await.unwrap();
+            let address = env.local_address(&listener).unwrap();
+            let (server, _report) = crate::server::Server::open(
+                env,
+                disk,
+                key,
+                crate::server::ServerOptions::default(),
+            )
+            .await
+            .unwrap();
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+            // The test harness may have started a line ("test ... "): begin a fresh one.
+            println!("\n{READY_LINE_PREFIX}{address}");
+            std::io::stdout().flush().unwrap();
+            let shutdown = async move {
+                terminate.recv().await;
+            };
+            server.serve(listener, shutdown).await.unwrap();
+        });
+    }
+
+    /// A script in `directory` that takes `votefs server`'s arguments and runs
+    /// [`stand_in_server`] in this test binary (`exec`, so the process id stays the same).
+    fn stand_in_executable(directory: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let test_binary = std::env::current_exe().unwrap();
+        let test_binary = test_binary.to_str().unwrap();
+        assert!(!test_binary.contains('\''), "{test_binary}");
+        let script = format!(
+            "#!/bin/sh\n\
+             # Arguments: server --listen ADDRESS --data DIRECTORY --key-file FILE\n\
+             exec env {STAND_IN_LISTEN}=\"$3\" {STAND_IN_DATA}=\"$5\" {STAND_IN_KEY_FILE}=\"$7\" \
+             '{test_binary}' --exact local_cluster::tests::stand_in_server --nocapture \
+             --test-threads=1\n"
+        );
+        // Written by a `cp` child rather than by this process: a process forked by another test
+        // thread while this one held the file open for writing would keep it open until its exec,
+        // and executing the script then fails with "text file busy".
+        let text = directory.join("stand-in-votefs.txt");
+        std::fs::write(&text, script).unwrap();
+        let path = directory.join("stand-in-votefs");
+        let copied = std::process::Command::new("cp")
+            .arg(&text)
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(copied.success(), "cp failed: {copied}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A port below the kernel's ephemeral range that is free right now.
+    fn free_port() -> u16 {
+        let mut seed = [0u8; 2];
+        for _attempt in 0..100 {
+            os_random_fill(&mut seed);
+            let port = 10_000 + u16::from_le_bytes(seed) % 20_000;
+            if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+                return port;
+            }
+        }
+        panic!("found no free port");
+    }
+
+    /// Poll `condition` until it holds; fail the test naming `what` after `limit`.
+    async fn wait_until(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+        let give_up_at = Instant::now() + limit;
+        while !condition() {
+            assert!(
+                Instant::now() < give_up_at,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The value of `name` in the environment process `pid` started with.
+    fn process_environment_variable(pid: u32, name: &str) -> Option<String> {
+        let environment = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let prefix = format!("{name}=");
+        environment
+            .split(|byte| *byte == 0)
+            .filter_map(|entry| std::str::from_utf8(entry).ok())
+            .find_map(|entry| entry.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_server_is_killed_and_restarted_with_its_restart_count() {
+        const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+        let _forks = FORKING.lock().await;
+        let scratch = tempfile::tempdir().unwrap();
+        let layout = LocalLayout {
+            banks: 1,
+            servers_per_bank: 1,
+            base_port: free_port(),
+        };
+        let prepared = prepare(&scratch.path().join("data"), layout).unwrap();
+        let key = prepared.config().load_key().unwrap();
+        let mut options = StartOptions::new(stand_in_executable(scratch.path()));
+        options.restart.initial_backoff = Duration::from_millis(10);
+        options.health_probe = Some(HealthProbePolicy {
+            interval: Duration::from_millis(100),
+            // Short enough for a quick test, long enough that a loaded machine does not make the
+            // restarted server look hung too.
+            timeout: Duration::from_secs(1),
+            failures_before_kill: 3,
+            startup_grace: Duration::from_secs(60),
+        });
+        let cluster = LocalCluster::start(prepared, options).await.unwrap();
+        let shared = Arc::clone(&cluster.servers[0]);
+        let first_pid = cluster.pids()[0].expect("a running server");
+        assert_eq!(
+            process_environment_variable(first_pid, RESTARTS_ENVIRONMENT_VARIABLE).as_deref(),
+            Some("0")
+        );
+
+        // Hang it only once the supervisor has seen it answer, so that the consecutive-failure
+        // rule (not the startup grace) is what finds it.
+        wait_until("the first server answers a probe", EVENT_TIMEOUT, || {
+            shared.probes_answered.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        // SAFETY: kill(2) on the server process this test started; it is alive (its supervisor
+        // has not seen it exit, since it just answered).
+        assert_eq!(
+            unsafe { libc::kill(first_pid as libc::pid_t, libc::SIGSTOP) },
+            0
+        );
+
+        wait_until("the hung server is restarted", EVENT_TIMEOUT, || {
+            cluster.restart_counts() == [1] && cluster.pids()[0].is_some_and(|pid| pid != first_pid)
+        })
+        .await;
+        let second_pid = cluster.pids()[0].unwrap();
+        let log = std::fs::read_to_string(&cluster.servers()[0].log_file).unwrap();
+        assert!(
+            log.contains("--- votefs up: killing bank 0 server 0 ")
+                && log.contains("did not answer a health probe for"),
+            "the server's log says why it was killed: {log}"
+        );
+
+        // The new process answers: the supervisor's probes and a client of our own.
+        let answered_before = shared.probes_answered.load(Ordering::Relaxed);
+        wait_until(
+            "the restarted server answers a probe",
+            EVENT_TIMEOUT,
+            || shared.probes_answered.load(Ordering::Relaxed) > answered_before,
+        )
+        .await;
+        let env = TokioEnv::new();
+        let link = ServerLink::new(
+            env.clone(),
+            layout.address(0, 0),
+            key,
+            RpcOptions::default(),
+        );
+        let answer = link.call(random_u128(&env), Request::Identify).await;
+        assert!(
+            matches!(answer, Ok(crate::proto::Response::Identity(_))),
+            "{answer:?}"
+        );
+        assert_eq!(cluster.restart_counts(), [1], "one restart, no more");
+        assert_eq!(cluster.pids(), [Some(second_pid)]);
+        // Read only now: until the new process has executed its program (it answered, so it has),
+        // /proc shows the environment of the supervisor it was forked from.
+        assert_eq!(
+            process_environment_variable(second_pid, RESTARTS_ENVIRONMENT_VARIABLE).as_deref(),
+            Some("1")
+        );
+
+        // Stopping on purpose restarts nothing.
+        cluster.stop().await;
+        assert!(!shared.server.pid_file.exists());
+        assert_eq!(shared.pid.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.restart_count.load(Ordering::Relaxed), 1);
     }
 }

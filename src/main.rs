@@ -65,6 +65,10 @@ enum Command {
         /// Let users other than the one mounting use the file system.
         #[arg(long)]
         allow_other: bool,
+        /// Serve the mount's Prometheus metrics (repairs, heal backlog, refresh passes,
+        /// per-operation latency) on this address, e.g. 127.0.0.1:9100.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
         /// Run only the servers and their supervisor, without mounting, until Ctrl-C or SIGTERM.
         #[arg(long, hide = true)]
         no_mount: bool,
@@ -85,6 +89,10 @@ enum Command {
         /// Let users other than the one mounting use the file system.
         #[arg(long)]
         allow_other: bool,
+        /// Serve the mount's Prometheus metrics (repairs, heal backlog, refresh passes,
+        /// per-operation latency) on this address, e.g. 127.0.0.1:9100.
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
     },
     /// Run one storage server.
     Server {
@@ -100,6 +108,9 @@ enum Command {
         /// Accept `votefs inject` requests (for demos and tests only).
         #[arg(long)]
         allow_fault_injection: bool,
+        /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9101).
+        #[arg(long)]
+        metrics: Option<SocketAddr>,
         /// Start a new log segment after this many bytes.
         #[arg(long, default_value_t = 64 * 1024 * 1024, hide = true)]
         segment_bytes: u64,
@@ -111,13 +122,25 @@ enum Command {
         #[command(subcommand)]
         action: KvAction,
     },
-    /// One line per server: bank, address, state, latency, records, bytes, cpu, memory.
+    /// One line per server (bank, address, up or down, healthy or recovering, latency, records,
+    /// bytes, cpu, memory, requests per second, restarts), then the volume's heal backlog, last
+    /// complete refresh pass and repairs by cause. Exits non-zero when a server is down.
     Status {
         #[arg(long)]
         cluster: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// One refresh pass now, next to a running mount (it fences no one): compares digests,
+    /// repairs what differs, re-reads every entry from disk, and prints what it repaired. Exits
+    /// non-zero when a server could not be reached or a key could not be settled.
+    Scrub {
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Skip re-reading every entry from disk (compare digests only).
+        #[arg(long)]
+        no_deep: bool,
     },
     /// What one server holds: keys, versions, sizes, and whether checksums and tags are good.
     Dump {
@@ -233,6 +256,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             base_port,
             refresh,
             allow_other,
+            metrics,
             no_mount,
             allow_fault_injection,
         } => {
@@ -247,6 +271,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                     MountOptions {
                         refresh_interval: refresh,
                         allow_other,
+                        metrics,
                     },
                 )),
                 _ => None,
@@ -259,11 +284,13 @@ async fn run(command: Command) -> Result<ExitCode> {
             cluster,
             refresh,
             allow_other,
+            metrics,
         } => {
             let config = ClusterConfig::load(&cluster)?;
             let options = MountOptions {
                 refresh_interval: refresh,
                 allow_other,
+                metrics,
             };
             mount_and_serve(&config, &mountpoint, options, shutdown_signal()?).await?;
             Ok(ExitCode::SUCCESS)
@@ -273,6 +300,7 @@ async fn run(command: Command) -> Result<ExitCode> {
             data,
             key_file,
             allow_fault_injection,
+            metrics,
             segment_bytes,
         } => {
             run_server(
@@ -280,6 +308,7 @@ async fn run(command: Command) -> Result<ExitCode> {
                 &data,
                 &key_file,
                 allow_fault_injection,
+                metrics,
                 segment_bytes,
             )
             .await?;
@@ -295,6 +324,7 @@ async fn run(command: Command) -> Result<ExitCode> {
         }
         Command::Kv { action } => run_kv(action).await,
         Command::Status { cluster, json } => status(&cluster, json).await,
+        Command::Scrub { cluster, no_deep } => scrub(&cluster, !no_deep).await,
         Command::Dump {
             cluster,
             server,
@@ -435,9 +465,17 @@ async fn run_server(
     data: &Path,
     key_file: &Path,
     allow_fault_injection: bool,
+    metrics: Option<SocketAddr>,
     segment_bytes: u64,
 ) -> Result<()> {
     let key = load_key_file(key_file)?;
+    let metrics_listener =
+        match metrics {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                || format!("cannot serve metrics on {address} (is the port taken?)"),
+            )?),
+            None => None,
+        };
     let disk = FileDisk::open(data)
         .with_context(|| format!("cannot use data directory {}", data.display()))?;
     let env = TokioEnv::new();
@@ -448,6 +486,7 @@ async fn run_server(
     let options = ServerOptions {
         allow_fault_injection,
         store: StoreOptions { segment_bytes },
+        restarts: supervisor_restart_count(),
         ..ServerOptions::default()
     };
     let (server, report) = Server::open(env.clone(), disk, key, options)
@@ -458,6 +497,16 @@ async fn run_server(
         segments = report.segments,
         "recovered the record store"
     );
+    if let Some(listener) = metrics_listener {
+        let metrics_address = listener.local_addr()?;
+        tracing::info!("serving metrics on http://{metrics_address}/metrics");
+        let server = server.clone();
+        let render: votefs::metrics::RenderMetrics = std::sync::Arc::new(move || {
+            let server = server.clone();
+            Box::pin(async move { votefs::exported_metrics::render_server(&server.stats().await) })
+        });
+        tokio::spawn(votefs::metrics::serve_metrics(listener, render));
+    }
     // Install the handler before announcing readiness, so that a SIGTERM right after the line
     // below still stops the server cleanly.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -632,90 +681,28 @@ async fn run_kv(action: KvAction) -> Result<ExitCode> {
 
 async fn status(path: &Path, json: bool) -> Result<ExitCode> {
     let (config, key) = load_cluster(path)?;
-    let placement = config.placement.clone();
-    let env = TokioEnv::new();
-    let mut options = ClientOptions::default();
-    options.rpc.request_timeout = Duration::from_secs(2);
-    let client = QuorumClient::for_administration(env.clone(), placement.clone(), key, options);
-    let mut rows = Vec::new();
-    let mut any_down = false;
-    for index in 0..placement.server_count() {
-        let started = env.now();
-        let answer = client.call_server(index, Request::Stats).await;
-        let latency_ms = (env.now() - started).as_secs_f64() * 1000.0;
-        let member = placement.member(index);
-        let address = placement.address(index);
-        match answer {
-            Ok(Response::Stats(stats)) => {
-                let memory_percent = if stats.usage.machine_memory_bytes > 0 {
-                    stats.usage.resident_bytes as f64 * 100.0
-                        / stats.usage.machine_memory_bytes as f64
-                } else {
-                    0.0
-                };
-                let cpu_percent = if stats.uptime_ms > 0 {
-                    stats.usage.cpu_time_ms as f64 * 100.0 / stats.uptime_ms as f64
-                } else {
-                    0.0
-                };
-                rows.push((
-                    format!(
-                        "bank {} server {}  {address:<21}  up    {:<10}  {latency_ms:>7.2} ms  {:>9} records  {:>12} bytes  cpu {cpu_percent:>5.1}%  mem {memory_percent:>5.1}%  {} requests",
-                        member.bank,
-                        member.slot,
-                        if stats.recovering { "recovering" } else { "healthy" },
-                        stats.records,
-                        stats.live_bytes,
-                        stats.requests
-                    ),
-                    format!(
-                        "{{\"bank\":{},\"slot\":{},\"address\":\"{address}\",\"up\":true,\"state\":\"{}\",\"latency_ms\":{latency_ms:.3},\"records\":{},\"tombstones\":{},\"live_bytes\":{},\"log_bytes\":{},\"cpu_percent\":{cpu_percent:.2},\"memory_percent\":{memory_percent:.2},\"requests\":{},\"duplicate_requests\":{},\"rejected_frames\":{},\"promised_epoch\":{}}}",
-                        member.bank,
-                        member.slot,
-                        if stats.recovering { "recovering" } else { "healthy" },
-                        stats.records,
-                        stats.tombstones,
-                        stats.live_bytes,
-                        stats.log_bytes,
-                        stats.requests,
-                        stats.duplicate_requests,
-                        stats.rejected_frames,
-                        stats.promised_epoch
-                    ),
-                ));
-            }
-            other => {
-                any_down = true;
-                let why = match other {
-                    Ok(response) => format!("{response:?}"),
-                    Err(error) => error.to_string(),
-                };
-                rows.push((
-                    format!(
-                        "bank {} server {}  {address:<21}  DOWN  {why}",
-                        member.bank, member.slot
-                    ),
-                    format!(
-                        "{{\"bank\":{},\"slot\":{},\"address\":\"{address}\",\"up\":false,\"error\":{:?}}}",
-                        member.bank, member.slot, why
-                    ),
-                ));
-            }
-        }
-    }
+    let status = votefs::admin::cluster_status(&config.placement, key).await;
     let mut stdout = std::io::stdout().lock();
     if json {
-        let entries: Vec<String> = rows.into_iter().map(|(_, json)| json).collect();
-        writeln!(stdout, "{{\"servers\":[{}]}}", entries.join(","))?;
+        writeln!(stdout, "{}", serde_json::to_string(&status)?)?;
     } else {
-        for (line, _) in rows {
-            writeln!(stdout, "{line}")?;
-        }
+        write!(stdout, "{}", votefs::admin::render_status(&status))?;
     }
-    Ok(if any_down {
-        ExitCode::from(1)
-    } else {
+    Ok(if status.all_up() {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+async fn scrub(path: &Path, deep: bool) -> Result<ExitCode> {
+    let client = open_client(path, OpenMode::Repairer).await?;
+    let (report, text) = votefs::admin::scrub_once(client, deep).await?;
+    print!("{text}");
+    Ok(if report.is_complete() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 
@@ -765,4 +752,12 @@ async fn dump(path: &Path, server: SocketAddr, key: Option<String>) -> Result<Ex
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The restart count a supervisor (`votefs up`) hands its server through `VOTEFS_RESTARTS`.
+fn supervisor_restart_count() -> u64 {
+    std::env::var(votefs::local_cluster::RESTARTS_ENVIRONMENT_VARIABLE)
+        .ok()
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0)
 }

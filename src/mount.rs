@@ -4,15 +4,19 @@
 use std::future::Future;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 
 use crate::config::ClusterConfig;
 use crate::env::tokio_env::TokioEnv;
+use crate::exported_metrics::{render_mount, OperationLatencies};
 use crate::fs::FileSystem;
 use crate::fuse_adapter::FuseAdapter;
+use crate::metrics::{serve_metrics, RenderMetrics};
 use crate::quorum::{ClientOptions, OpenMode, QuorumClient};
+use crate::scrub::{ScrubOptions, Scrubber};
 
 /// How `votefs mount` and `votefs up` mount a volume.
 #[derive(Clone, Debug)]
@@ -21,6 +25,8 @@ pub struct MountOptions {
     pub refresh_interval: Duration,
     /// Let users other than the one mounting use the file system (FUSE `allow_other`).
     pub allow_other: bool,
+    /// Serve Prometheus metrics (repairs, backlog, passes, per-operation latency) here.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for MountOptions {
@@ -28,6 +34,7 @@ impl Default for MountOptions {
         Self {
             refresh_interval: Duration::from_secs(60),
             allow_other: false,
+            metrics: None,
         }
     }
 }
@@ -83,6 +90,14 @@ pub async fn mount_and_serve(
 ) -> anyhow::Result<()> {
     check_mount_point(mountpoint)?;
     let key = cluster.load_key()?;
+    // Bound before anything is mounted, so that a taken port is a clean error.
+    let metrics_listener =
+        match options.metrics {
+            Some(address) => Some(tokio::net::TcpListener::bind(address).await.with_context(
+                || format!("cannot serve metrics on {address} (is the port taken?)"),
+            )?),
+            None => None,
+        };
     let env = TokioEnv::new();
     let client = QuorumClient::open(
         env.clone(),
@@ -114,10 +129,12 @@ pub async fn mount_and_serve(
         );
     }
     let (ended_sender, ended) = tokio::sync::oneshot::channel();
+    let latencies = Arc::new(OperationLatencies::default());
     let adapter = FuseAdapter::new(
         file_system.clone(),
         tokio::runtime::Handle::current(),
         ended_sender,
+        latencies.clone(),
     );
     let mut mount_options = vec![
         fuser::MountOption::FSName("votefs".into()),
@@ -151,11 +168,31 @@ pub async fn mount_and_serve(
         )
     })?;
     eprintln!("votefs mounted at {}", mountpoint.display());
+    let scrubber = Scrubber::new(client.clone(), ScrubOptions::default());
+    let refresh_status = scrubber.status();
     let refresher = {
-        let client = client.clone();
         let interval = options.refresh_interval;
-        tokio::spawn(async move { refresh_loop(client, interval).await })
+        tokio::spawn(async move { refresh_loop(scrubber, interval).await })
     };
+    let metrics_server = metrics_listener.map(|listener| {
+        if let Ok(address) = listener.local_addr() {
+            eprintln!("votefs mount metrics on http://{address}/metrics");
+        }
+        let client = client.clone();
+        let render: RenderMetrics = Arc::new(move || {
+            let text = render_mount(
+                &client.stats(),
+                client.placement(),
+                &refresh_status
+                    .lock()
+                    .expect("refresh status lock poisoned")
+                    .clone(),
+                &latencies,
+            );
+            Box::pin(async move { text })
+        });
+        tokio::spawn(serve_metrics(listener, render))
+    });
     tokio::select! {
         _ = shutdown => {
             tracing::info!("unmounting {}", mountpoint.display());
@@ -165,6 +202,9 @@ pub async fn mount_and_serve(
         }
     }
     refresher.abort();
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.abort();
+    }
     let unmounted = tokio::task::spawn_blocking(move || session.umount_and_join())
         .await
         .context("the unmount task failed")?;
@@ -179,22 +219,9 @@ pub async fn mount_and_serve(
     Ok(())
 }
 
-/// Run a full refresh pass every `interval`: repairs copies nobody reads and refills servers that
-/// came back empty.
-async fn refresh_loop(client: QuorumClient<TokioEnv>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        match crate::scrub::scrub_pass(&client).await {
-            Ok(report) => tracing::info!(
-                keys = report.keys_examined,
-                unsettled = report.keys_unsettled,
-                healed = report.servers_healed.len(),
-                "refresh pass complete"
-            ),
-            Err(error) => tracing::warn!("refresh pass failed: {error}"),
-        }
-    }
+/// Run a full refresh pass every `interval` (repairing copies nobody reads and refilling servers
+/// that came back empty), and report the volume's healing to the servers for `votefs status`.
+async fn refresh_loop(scrubber: Scrubber<TokioEnv>, interval: Duration) {
+    let error = crate::scrub::refresh_loop(scrubber, interval, Duration::from_secs(5)).await;
+    tracing::warn!("the refresh stopped: {error}");
 }

@@ -7,6 +7,7 @@
 //! reordered within one without detection.
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::env::ProcessUsage;
@@ -136,6 +137,78 @@ pub enum Request {
         key: Vec<u8>,
         fault: InjectedFault,
     },
+    /// One digest per bucket of `(key, version, tag)` over everything this server holds
+    /// (DESIGN §6): a scrub pass compares banks bucket by bucket and lists only buckets that
+    /// differ.
+    Digests {
+        volume: VolumeId,
+    },
+    /// Every entry (damaged and lost copies included) whose key falls in one of `buckets`, in key
+    /// order, after `start_after`. A damaged or lost copy is listed with a zero version and tag,
+    /// so it differs from every good copy.
+    BucketEntries {
+        volume: VolumeId,
+        buckets: Vec<u32>,
+        start_after: Option<Vec<u8>>,
+        limit: u32,
+    },
+    /// Re-read stored entries from disk, in key order after `start_after`, until `max_bytes` have
+    /// been read, and mark every entry whose checksum fails as damaged (the deep scrub).
+    DeepScrub {
+        volume: VolumeId,
+        start_after: Option<Vec<u8>>,
+        max_bytes: u64,
+    },
+    /// Forget these tombstones: every copy of each holds it. The server drops one only if it
+    /// still holds exactly that tombstone and its epoch is older than the promised epoch, so no
+    /// write that could still arrive (writes of older epochs are fenced) can resurrect the key.
+    DropTombstones {
+        volume: VolumeId,
+        tombstones: Vec<(ByteBuf, Version)>,
+    },
+    /// What the volume's refresh knows (heal backlog, passes, repairs), kept in memory so that
+    /// `votefs status` can show it from any server. A server keeps the latest report.
+    ReportVolume {
+        volume: VolumeId,
+        report: VolumeReport,
+    },
+}
+
+/// Repaired copies, by why they needed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairsByCause {
+    /// The copy held an older version.
+    pub lagging: u64,
+    /// The server had no copy.
+    pub missing: u64,
+    /// The copy failed its checksum or tag.
+    pub corrupt: u64,
+    /// The server was recovering and could not vote.
+    pub recovering: u64,
+}
+
+impl RepairsByCause {
+    pub fn total(&self) -> u64 {
+        self.lagging + self.missing + self.corrupt + self.recovering
+    }
+}
+
+/// The volume's self-healing, as its mount (or a `votefs scrub`) last reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeReport {
+    /// Wall-clock time of the report, in milliseconds since the Unix epoch.
+    pub reported_at_unix_ms: u64,
+    /// Who reported: "mount" or "scrub".
+    pub reporter: String,
+    /// Copies known to have missed a write, waiting for the healer.
+    pub heal_backlog: u64,
+    /// When the last pass that reached every server and settled every key ended.
+    pub last_complete_pass_unix_ms: Option<u64>,
+    pub last_pass_duration_ms: u64,
+    pub passes: u64,
+    pub complete_passes: u64,
+    /// Since the reporter started.
+    pub repairs: RepairsByCause,
 }
 
 impl Request {
@@ -150,6 +223,7 @@ impl Request {
                 | Request::Put { .. }
                 | Request::Inject { .. }
                 | Request::MarkHealthy { .. }
+                | Request::DropTombstones { .. }
         )
     }
 }
@@ -196,6 +270,43 @@ pub struct ServerStats {
     pub uptime_ms: u64,
     pub recovering: bool,
     pub promised_epoch: u64,
+    /// How many times the supervisor restarted this server (0 when it runs unsupervised).
+    pub restarts: u64,
+    /// Requests per second over the last few seconds, in thousandths.
+    pub request_rate_milli: u64,
+    /// Value bytes of records this server sent (reads, listings carry none) and stored.
+    pub record_bytes_sent: u64,
+    pub record_bytes_stored: u64,
+    /// Entries the deep scrub re-read from disk, and how many of them failed their checksum.
+    pub deep_scrubbed_entries: u64,
+    pub deep_scrub_damage_found: u64,
+    pub tombstones_dropped: u64,
+    /// Reads refused because too many requests were in flight.
+    pub overloaded_answers: u64,
+    /// The latest report of the volume's refresh this server received.
+    pub volume_report: Option<VolumeReport>,
+    /// No volume yet (an empty data directory): a client will format it or make it join.
+    pub blank: bool,
+}
+
+/// One bucket of a server's digests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketDigest {
+    /// XOR of the digests of every entry in the bucket: equal sets give equal digests.
+    pub digest: [u8; 16],
+    pub entries: u32,
+    /// The oldest epoch of any tombstone in the bucket (`u64::MAX` when there is none).
+    pub oldest_tombstone_epoch: u64,
+}
+
+/// What a deep-scrub step read.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeepScrubProgress {
+    pub entries_checked: u64,
+    pub bytes_checked: u64,
+    pub damaged_found: u64,
+    /// Where the next step starts; `None` when the pass over the store is complete.
+    pub resume_after: Option<ByteBuf>,
 }
 
 /// One key in a listing: enough to vote without moving values.
@@ -261,7 +372,7 @@ pub enum Response {
         entries: Vec<ListEntry>,
         complete: bool,
     },
-    Stats(ServerStats),
+    Stats(Box<ServerStats>),
     Dump {
         entries: Vec<DumpEntry>,
         complete: bool,
@@ -270,6 +381,13 @@ pub enum Response {
     Refused(String),
     /// The server could not serve the request (for example its disk failed).
     Failed(String),
+    Digests(Vec<BucketDigest>),
+    DeepScrubbed(DeepScrubProgress),
+    Dropped {
+        tombstones: u64,
+    },
+    /// Too many requests are in flight here: ask another server, and avoid this one for a while.
+    Overloaded,
 }
 
 /// Failure to read or check a frame. Every variant ends the connection.

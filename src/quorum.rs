@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::env::{random_u128, Env};
+use crate::env::{random_u128, timeout, Env, TimedOut};
 use crate::placement::{Placement, ServerIndex};
 use crate::planted::PlantedBug;
 use crate::proto::{Identity, ListEntry, Request, RequestId, Response, ServerState, VolumeId};
@@ -19,6 +19,7 @@ use crate::record::{
 };
 use crate::rpc::{RpcError, RpcOptions, ServerLink};
 use crate::server::MAX_LIST_ENTRIES;
+use crate::server_choice::{RequestOutcome, ServerChoice, ServerChoiceOptions, ServerLoad};
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -63,6 +64,10 @@ pub enum OpenMode {
     WriterForceFormat,
     /// Read without fencing anyone: no writes, no write-back, no repair.
     ReadOnly,
+    /// Repair without fencing the writer (`votefs scrub` next to a running mount): writes only
+    /// copies of records that already exist, under the epoch the writer holds, never new
+    /// versions. A newer writer fences it like any older one.
+    Repairer,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -110,6 +115,21 @@ pub struct ClientStats {
     pub backlog: u64,
     pub backlog_dropped: u64,
     pub healed_from_backlog: u64,
+    /// Get requests sent to each server (indexed by server): by reads (first asked, escalations,
+    /// probes, background verifications) and by key repairs alike.
+    pub read_requests_per_server: Vec<u64>,
+    /// Reads that asked an owner beyond the best two: the two disagreed, one could not vote
+    /// (failed, corrupt, recovering, overloaded) or one was slow.
+    pub reads_needing_third_bank: u64,
+    /// Of those, reads that asked beyond the best two first because one of them was slow.
+    pub hedged_reads: u64,
+    /// Reads that also asked an owner not asked for a while, to refresh its latency estimate.
+    pub probe_reads: u64,
+    /// `Overloaded` answers received.
+    pub overloaded_answers: u64,
+    /// Owners a read did not need but asked after deciding, in the background, because they had
+    /// spare capacity: their answers feed read-repair, as when every read asked every owner.
+    pub verification_reads: u64,
 }
 
 #[derive(Default)]
@@ -122,6 +142,10 @@ struct Counters {
     unavailable_reads: AtomicU64,
     backlog_dropped: AtomicU64,
     healed_from_backlog: AtomicU64,
+    reads_needing_third_bank: AtomicU64,
+    hedged_reads: AtomicU64,
+    probe_reads: AtomicU64,
+    verification_reads: AtomicU64,
 }
 
 /// A page of a listing.
@@ -178,6 +202,8 @@ struct Inner<E: Env> {
     volume: VolumeId,
     /// Zero for a read-only client.
     epoch: u64,
+    /// False for a repairer: it may write copies of existing records, never new versions.
+    creates_versions: bool,
     writer: u64,
     client_id: u64,
     next_sequence: AtomicU64,
@@ -186,6 +212,8 @@ struct Inner<E: Env> {
     fenced: AtomicBool,
     backlog: StdMutex<BTreeSet<(ServerIndex, Vec<u8>)>>,
     counters: Counters,
+    /// Latency and load per server: which owners a read asks first.
+    server_choice: ServerChoice,
 }
 
 /// A handle to a volume. Cheap to clone; all clones share connections and state.
@@ -340,10 +368,17 @@ impl<E: Env> Inner<E> {
         // One retry for a failed connection: a restarted server is reached by reconnecting.
         let mut answer = Answer::Failed(String::new());
         for _attempt in 0..2 {
-            answer = match self.links[server]
+            let in_flight = self.server_choice.begin(server, self.env.now());
+            let result = self.links[server]
                 .call(self.next_request_id(), request.clone())
-                .await
-            {
+                .await;
+            let outcome = match &result {
+                Ok(Response::Overloaded) => RequestOutcome::Overloaded,
+                Ok(_) => RequestOutcome::Answered,
+                Err(_) => RequestOutcome::Failed,
+            };
+            in_flight.finish(self.env.now(), outcome);
+            answer = match result {
                 Ok(Response::Found(record)) => {
                     if record.key == key && record.tag_is_valid(&self.cluster_key) {
                         Answer::Valid(Some(record))
@@ -362,6 +397,9 @@ impl<E: Env> Inner<E> {
                     }
                 }
                 Ok(Response::Blank) => Answer::Blank,
+                // Not retried here: the read asks another bank instead (the server is now avoided
+                // for a while).
+                Ok(Response::Overloaded) => Answer::Failed("overloaded".into()),
                 Ok(other) => Answer::Failed(format!("unexpected answer {other:?}")),
                 Err(RpcError::Unreachable(why)) => {
                     answer = Answer::Failed(why);
@@ -457,7 +495,11 @@ impl<E: Env> QuorumClient<E> {
         Arc::get_mut(&mut inner)
             .expect("no other handle yet")
             .volume = volume;
-        if mode != OpenMode::ReadOnly {
+        if mode == OpenMode::Repairer {
+            let inner_mut = Arc::get_mut(&mut inner).expect("no other handle yet");
+            inner_mut.epoch = highest_promised.max(1);
+            inner_mut.creates_versions = false;
+        } else if mode != OpenMode::ReadOnly {
             let epoch = Self::take_epoch(&inner, highest_promised).await?;
             Arc::get_mut(&mut inner).expect("no other handle yet").epoch = epoch;
             tracing::info!(
@@ -549,7 +591,7 @@ impl<E: Env> QuorumClient<E> {
                 Some(_) => {}
             }
         }
-        if mode == OpenMode::ReadOnly {
+        if matches!(mode, OpenMode::ReadOnly | OpenMode::Repairer) {
             return committed
                 .map(|volume| (volume, highest_promised))
                 .ok_or_else(|| QuorumError::Volume("the volume is not formatted yet".into()));
@@ -752,6 +794,10 @@ impl<E: Env> QuorumClient<E> {
             })
             .collect();
         let client_id = env.random_u64() | 1;
+        let server_choice = ServerChoice::new(
+            placement.server_count(),
+            ServerChoiceOptions::for_request_timeout(options.rpc.request_timeout),
+        );
         Self {
             inner: Arc::new(Inner {
                 env,
@@ -761,6 +807,7 @@ impl<E: Env> QuorumClient<E> {
                 options,
                 volume: 0,
                 epoch: 0,
+                creates_versions: true,
                 writer: client_id,
                 client_id,
                 next_sequence: AtomicU64::new(1),
@@ -769,11 +816,22 @@ impl<E: Env> QuorumClient<E> {
                 fenced: AtomicBool::new(false),
                 backlog: StdMutex::new(BTreeSet::new()),
                 counters: Counters::default(),
+                server_choice,
             }),
         }
     }
 
     /// The planted bug this client runs with (only the simulator's self-test sets one).
+    /// The environment this client runs in (clock, tasks, randomness).
+    pub fn env(&self) -> &E {
+        &self.inner.env
+    }
+
+    /// This client took a fencing epoch: it is the volume's writer.
+    pub fn is_writer(&self) -> bool {
+        self.inner.epoch != 0 && self.inner.creates_versions
+    }
+
     pub fn planted_bug(&self) -> Option<PlantedBug> {
         self.inner.options.planted_bug
     }
@@ -796,6 +854,7 @@ impl<E: Env> QuorumClient<E> {
 
     pub fn stats(&self) -> ClientStats {
         let counters = &self.inner.counters;
+        let loads = self.inner.server_choice.snapshot();
         ClientStats {
             repairs_lagging: counters.repairs_lagging.load(Ordering::Relaxed),
             repairs_missing: counters.repairs_missing.load(Ordering::Relaxed),
@@ -811,7 +870,18 @@ impl<E: Env> QuorumClient<E> {
                 .len() as u64,
             backlog_dropped: counters.backlog_dropped.load(Ordering::Relaxed),
             healed_from_backlog: counters.healed_from_backlog.load(Ordering::Relaxed),
+            read_requests_per_server: loads.iter().map(|load| load.requests).collect(),
+            reads_needing_third_bank: counters.reads_needing_third_bank.load(Ordering::Relaxed),
+            hedged_reads: counters.hedged_reads.load(Ordering::Relaxed),
+            probe_reads: counters.probe_reads.load(Ordering::Relaxed),
+            overloaded_answers: loads.iter().map(|load| load.overloaded_answers).sum(),
+            verification_reads: counters.verification_reads.load(Ordering::Relaxed),
         }
+    }
+
+    /// What this client measured of each server (latency, load, avoidance), by server index.
+    pub fn server_loads(&self) -> Vec<ServerLoad> {
+        self.inner.server_choice.snapshot()
     }
 
     /// Send one request to one server (for administration: stats, dump, inject).
@@ -849,6 +919,9 @@ impl<E: Env> QuorumClient<E> {
         value: &[u8],
     ) -> Result<Version, QuorumError> {
         validate_key(key).map_err(QuorumError::Invalid)?;
+        if !self.inner.creates_versions {
+            return Err(QuorumError::ReadOnly);
+        }
         if value.len() > MAX_VALUE_BYTES {
             return Err(QuorumError::Invalid(format!(
                 "a value is at most {MAX_VALUE_BYTES} bytes, this one has {}",
@@ -960,8 +1033,19 @@ impl<E: Env> QuorumClient<E> {
         receiver
     }
 
-    /// Vote over the owners' copies of `key`: decide on the first quorum of valid answers, write
-    /// the winner back if fewer than a quorum hold it, repair the rest in the background.
+    /// Vote over the owners' copies of `key`: ask the best two banks' owners first (by measured
+    /// latency and load) and another only when needed; decide on the first quorum of valid
+    /// answers, write the winner back if fewer than a quorum hold it, repair the rest in the
+    /// background.
+    ///
+    /// Why two banks suffice when they agree: a write is acknowledged by a majority of banks, and
+    /// any two banks of three meet every majority, so two valid agreeing answers include a copy of
+    /// the newest acknowledged write (or an authoritative absence on a bank that took every
+    /// acknowledged write). Anything else (disagreement, an answer that cannot vote, a failure,
+    /// a slow owner) asks the next owner, and the vote is the same as over every owner at once.
+    /// Once the read is decided, an owner it did not ask is still checked in the background if
+    /// it has spare capacity, so that read-repair reaches its copy; the caller never waits for
+    /// that.
     async fn read_record_from(&self, key: &[u8]) -> Result<Option<Record>, QuorumError> {
         let inner = &self.inner;
         let owners = inner.placement.owners(key);
@@ -972,10 +1056,13 @@ impl<E: Env> QuorumClient<E> {
         } else {
             quorum
         };
-        let mut receiver = self.ask_owners(key, &owners);
+        let mut reads = OwnerReads::start(self, key, &owners, quorum);
         let mut answers: Vec<(ServerIndex, Answer)> = Vec::with_capacity(owners.len());
         let mut decision = Tally::Undecided;
-        while let Some(answer) = receiver.recv().await {
+        while let Some(answer) = reads.next().await {
+            if let Some(why) = needs_another_owner(&answers, &answer.1) {
+                reads.escalate(why);
+            }
             answers.push(answer);
             let all_in = answers.len() == owners.len();
             decision = tally(&answers, vote_quorum, all_in);
@@ -1031,8 +1118,12 @@ impl<E: Env> QuorumClient<E> {
             .count();
         if holders < quorum && planted != Some(PlantedBug::SkipWriteBack) {
             // ABD write-back: the winner must be on a quorum before anyone is told about it, or a
-            // later read could miss it and go back in time.
-            while let Some(answer) = receiver.recv().await {
+            // later read could miss it and go back in time. Every owner is asked (one not asked
+            // yet may hold the winner already, and is a candidate for the write-back otherwise),
+            // and every answer is awaited, each bounded by the request timeout.
+            reads.escalate_all(Escalation::CannotVote);
+            reads.stop_asking();
+            while let Some(answer) = reads.next().await {
                 if holds_winner(&answer.1) {
                     holders += 1;
                 }
@@ -1060,11 +1151,16 @@ impl<E: Env> QuorumClient<E> {
         if planted == Some(PlantedBug::SkipWriteBack) {
             return Ok(winner);
         }
-        // Read-repair in the background: every copy that answered without the winner, and every
-        // answer still on its way.
+        // Read-repair in the background: every copy that answered without the winner, every
+        // answer still on its way, and the owners not asked that have spare capacity. Checking
+        // those costs the caller nothing and finds lagging, damaged or lost copies between scrub
+        // passes; an owner that is slow, busy or overloaded is spared (the backlog and the
+        // scrubber reach it).
+        reads.verify_spare_owners();
+        reads.stop_asking();
         let client = self.clone();
         self.inner.env.spawn(async move {
-            while let Some(answer) = receiver.recv().await {
+            while let Some(answer) = reads.next().await {
                 answers.push(answer);
             }
             client.count_repairs(&answers, &record);
@@ -1086,14 +1182,32 @@ impl<E: Env> QuorumClient<E> {
         &self,
         key: &[u8],
     ) -> Result<(Option<Record>, Vec<ServerIndex>), QuorumError> {
+        self.repair_key_skipping(key, &[]).await
+    }
+
+    /// As [`QuorumClient::repair_key`], but without asking the `down` servers (known
+    /// unreachable: asking would only wait out their timeouts). Those among the owners count as
+    /// not brought in step.
+    pub async fn repair_key_skipping(
+        &self,
+        key: &[u8],
+        down: &[ServerIndex],
+    ) -> Result<(Option<Record>, Vec<ServerIndex>), QuorumError> {
         self.inner.check_writable()?;
         let inner = &self.inner;
         let owners = inner.placement.owners(key);
-        let mut receiver = self.ask_owners(key, &owners);
+        let (skipped, asked): (Vec<ServerIndex>, Vec<ServerIndex>) =
+            owners.iter().partition(|owner| down.contains(owner));
+        let mut receiver = self.ask_owners(key, &asked);
         let mut answers = Vec::with_capacity(owners.len());
         while let Some(answer) = receiver.recv().await {
             answers.push(answer);
         }
+        answers.extend(
+            skipped
+                .into_iter()
+                .map(|server| (server, Answer::Failed("known to be down".into()))),
+        );
         let winner = match tally(&answers, inner.placement.quorum(), true) {
             Tally::Decided(winner) => winner,
             Tally::Conflict(why) => return Err(QuorumError::Conflict(why)),
@@ -1116,13 +1230,21 @@ impl<E: Env> QuorumClient<E> {
             return Ok((None, stuck));
         };
         self.count_repairs(&answers, &record);
+        // An owner that could not even answer the read is not written to (its retries would
+        // only wait out a server that is down): it stays out of step, for the next pass.
+        let mut stuck: Vec<ServerIndex> = answers
+            .iter()
+            .filter(|(_, answer)| matches!(answer, Answer::Failed(_)))
+            .map(|(server, _)| *server)
+            .collect();
         let lagging: Vec<ServerIndex> = answers
             .iter()
-            .filter(|(_, answer)| !has_winner(answer, &record))
+            .filter(|(_, answer)| {
+                !has_winner(answer, &record) && !matches!(answer, Answer::Failed(_))
+            })
             .map(|(server, _)| *server)
             .collect();
         let request_id = inner.next_request_id();
-        let mut stuck = Vec::new();
         for server in lagging {
             match inner.put_to(server, request_id, record.clone(), true).await {
                 WriteOutcome::Acknowledged => {}
@@ -1313,4 +1435,285 @@ impl<E: Env> QuorumClient<E> {
 /// needs no repair.
 fn has_winner(answer: &Answer, winner: &Record) -> bool {
     matches!(answer, Answer::Valid(Some(copy)) | Answer::Unvouched(copy) if same_write(copy, winner))
+}
+
+/// Why a read asked an owner beyond the best ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Escalation {
+    /// Two valid answers disagree (version, tag, or found against not found).
+    Disagreement,
+    /// An answer cannot vote: failed, corrupt, recovering, unvouched, blank or overloaded.
+    CannotVote,
+    /// An owner asked has not answered within its hedge delay.
+    Slow,
+    /// Every owner asked answered and the vote is still open.
+    Undecided,
+}
+
+/// Whether `answer`, arriving after `earlier`, means the read needs another owner's answer.
+fn needs_another_owner(earlier: &[(ServerIndex, Answer)], answer: &Answer) -> Option<Escalation> {
+    let Answer::Valid(copy) = answer else {
+        return Some(Escalation::CannotVote);
+    };
+    let agrees = |other: &Option<Record>| match (other, copy) {
+        (Some(left), Some(right)) => same_write(left, right),
+        (None, None) => true,
+        _ => false,
+    };
+    let disagreement = earlier.iter().any(|(_, earlier)| match earlier {
+        Answer::Valid(other) => !agrees(other),
+        _ => false,
+    });
+    disagreement.then_some(Escalation::Disagreement)
+}
+
+/// The requests of one read to the owners of a key: the best owners (by the client's
+/// [`ServerChoice`]) at once, the others one at a time when the read needs them, and a hedge
+/// when an owner asked is slower than its hedge delay. Answers arrive as they come.
+struct OwnerReads<E: Env> {
+    inner: Arc<Inner<E>>,
+    key: Vec<u8>,
+    /// `None` once no further owner will be asked, so that the channel ends when the last
+    /// request finishes.
+    sender: Option<mpsc::Sender<(ServerIndex, Answer)>>,
+    receiver: mpsc::Receiver<(ServerIndex, Answer)>,
+    /// Owners not asked yet, best first.
+    held_back: Vec<ServerIndex>,
+    /// Owners asked that have not answered yet, with the instant (Env clock) their hedge is due.
+    outstanding: Vec<(ServerIndex, Duration)>,
+    /// Owners that answered.
+    answered: Vec<ServerIndex>,
+    /// Whether this read already asked beyond its first owners (counted once per read).
+    escalated: bool,
+}
+
+impl<E: Env> OwnerReads<E> {
+    /// Plan the read of `key` over `owners` and ask the first `wanted` (plus a probe, if one is
+    /// due).
+    fn start(client: &QuorumClient<E>, key: &[u8], owners: &[ServerIndex], wanted: usize) -> Self {
+        let inner = client.inner.clone();
+        // Capacity for one answer per owner: every request sends exactly one, so no sender ever
+        // waits.
+        let (sender, receiver) = mpsc::channel(owners.len().max(1));
+        let plan =
+            inner
+                .server_choice
+                .plan(owners, wanted, inner.env.now(), inner.env.random_u64());
+        if plan.probing {
+            inner.counters.probe_reads.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut reads = Self {
+            inner,
+            key: key.to_vec(),
+            sender: Some(sender),
+            receiver,
+            held_back: plan.later,
+            outstanding: Vec::with_capacity(owners.len()),
+            answered: Vec::with_capacity(owners.len()),
+            escalated: false,
+        };
+        for server in plan.first {
+            reads.ask(server);
+        }
+        reads
+    }
+
+    fn ask(&mut self, server: ServerIndex) {
+        let Some(sender) = self.sender.clone() else {
+            return;
+        };
+        let hedge_at = self.inner.env.now() + self.inner.server_choice.hedge_delay(server);
+        self.outstanding.push((server, hedge_at));
+        let inner = self.inner.clone();
+        let key = self.key.clone();
+        self.inner.env.spawn(async move {
+            let answer = inner.get_from(server, &key).await;
+            let _ = sender.send((server, answer)).await;
+        });
+    }
+
+    /// Ask the best owner not asked yet. Returns false when every owner was asked already.
+    fn escalate(&mut self, why: Escalation) -> bool {
+        if self.held_back.is_empty() || self.sender.is_none() {
+            return false;
+        }
+        let server = self.held_back.remove(0);
+        if !self.escalated {
+            self.escalated = true;
+            let counters = &self.inner.counters;
+            counters
+                .reads_needing_third_bank
+                .fetch_add(1, Ordering::Relaxed);
+            if why == Escalation::Slow {
+                counters.hedged_reads.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.ask(server);
+        true
+    }
+
+    /// Ask every owner not asked yet.
+    fn escalate_all(&mut self, why: Escalation) {
+        // Bounded: each turn asks one of the held-back owners.
+        while self.escalate(why) {}
+    }
+
+    /// Ask, for read-repair only, every owner not asked yet that has spare capacity compared with
+    /// the owners asked (see [`ServerChoice::has_spare_capacity`]).
+    fn verify_spare_owners(&mut self) {
+        let asked: Vec<ServerIndex> = self
+            .outstanding
+            .iter()
+            .map(|(server, _)| *server)
+            .chain(self.answered.iter().copied())
+            .collect();
+        let now = self.inner.env.now();
+        let spare: Vec<ServerIndex> = self
+            .held_back
+            .iter()
+            .copied()
+            .filter(|server| {
+                self.inner
+                    .server_choice
+                    .has_spare_capacity(*server, &asked, now)
+            })
+            .collect();
+        for server in spare {
+            self.held_back.retain(|held| *held != server);
+            self.inner
+                .counters
+                .verification_reads
+                .fetch_add(1, Ordering::Relaxed);
+            self.ask(server);
+        }
+    }
+
+    /// Ask no further owner: [`OwnerReads::next`] returns the answers still on their way, then
+    /// `None`.
+    fn stop_asking(&mut self) {
+        self.held_back.clear();
+        self.sender = None;
+    }
+
+    /// The next answer. While an owner is held back, an owner asked that has not answered by its
+    /// hedge delay gets the next owner asked too, and when every owner asked has answered the
+    /// next is asked. `None` once every owner asked has answered and none is left to ask.
+    async fn next(&mut self) -> Option<(ServerIndex, Answer)> {
+        // Bounded: every turn returns or asks one more owner, and there are few owners.
+        loop {
+            if self.outstanding.is_empty() && !self.escalate(Escalation::Undecided) {
+                return None;
+            }
+            let received = if self.held_back.is_empty() || self.sender.is_none() {
+                // Nothing left to hedge with: wait. Each request is bounded by the request
+                // timeout, so this ends.
+                self.receiver.recv().await
+            } else {
+                let hedge_at = self
+                    .outstanding
+                    .iter()
+                    .map(|(_, hedge_at)| *hedge_at)
+                    .min()
+                    .expect("outstanding is not empty here");
+                let wait = hedge_at.saturating_sub(self.inner.env.now());
+                match timeout(&self.inner.env, wait, self.receiver.recv()).await {
+                    Ok(received) => received,
+                    Err(TimedOut) => {
+                        self.escalate(Escalation::Slow);
+                        continue;
+                    }
+                }
+            };
+            let (server, answer) = received?;
+            if let Some(position) = self
+                .outstanding
+                .iter()
+                .position(|(asked, _)| *asked == server)
+            {
+                self.outstanding.remove(position);
+            }
+            self.answered.push(server);
+            return Some((server, answer));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(sequence: u64, value: &[u8]) -> Record {
+        let key = ClusterKey::from_bytes([7; 32]);
+        let version = Version {
+            epoch: 1,
+            sequence,
+            writer: 1,
+        };
+        Record::new(&key, b"key".to_vec(), version, false, value.to_vec())
+    }
+
+    #[test]
+    fn quorum_read_asks_another_owner_only_when_the_first_answers_do_not_settle_it() {
+        let v1 = Answer::Valid(Some(record(1, b"one")));
+        let v2 = Answer::Valid(Some(record(2, b"two")));
+        let v2_other_tag = Answer::Valid(Some(record(2, b"other")));
+        let absent = Answer::Valid(None);
+        // The first answer alone never asks for more unless it cannot vote.
+        assert_eq!(needs_another_owner(&[], &v1), None);
+        assert_eq!(needs_another_owner(&[], &absent), None);
+        for unusable in [
+            Answer::Corrupt,
+            Answer::Recovering,
+            Answer::Unvouched(record(2, b"two")),
+            Answer::Blank,
+            Answer::Failed("overloaded".into()),
+        ] {
+            assert_eq!(
+                needs_another_owner(&[], &unusable),
+                Some(Escalation::CannotVote)
+            );
+        }
+        // Agreement: same version and tag, or two authoritative absences.
+        assert_eq!(needs_another_owner(&[(0, v2.clone())], &v2), None);
+        assert_eq!(needs_another_owner(&[(0, absent.clone())], &absent), None);
+        // Disagreement of any kind.
+        for (earlier, later) in [
+            (&v1, &v2),
+            (&v2, &v2_other_tag),
+            (&absent, &v1),
+            (&v1, &absent),
+        ] {
+            assert_eq!(
+                needs_another_owner(&[(0, earlier.clone())], later),
+                Some(Escalation::Disagreement)
+            );
+        }
+        // An earlier answer that cannot vote does not count as a disagreement: it asked already.
+        assert_eq!(needs_another_owner(&[(0, Answer::Corrupt)], &v1), None);
+    }
+
+    #[test]
+    fn quorum_two_agreeing_answers_decide_and_two_disagreeing_ones_take_the_newest() {
+        let v1 = Answer::Valid(Some(record(1, b"one")));
+        let v2 = Answer::Valid(Some(record(2, b"two")));
+        let decided = |answers: &[(ServerIndex, Answer)]| match tally(answers, 2, false) {
+            Tally::Decided(winner) => Some(winner.map(|record| record.version.sequence)),
+            _ => None,
+        };
+        assert_eq!(decided(&[(0, v2.clone()), (1, v2.clone())]), Some(Some(2)));
+        assert_eq!(
+            decided(&[(0, Answer::Valid(None)), (1, Answer::Valid(None))]),
+            Some(None)
+        );
+        assert_eq!(decided(&[(0, v1.clone()), (1, v2.clone())]), Some(Some(2)));
+        // One valid answer is never enough.
+        assert_eq!(decided(&[(0, v2.clone()), (1, Answer::Corrupt)]), None);
+        // Same version, different content: only the third answer can settle it.
+        let other = Answer::Valid(Some(record(2, b"other")));
+        assert_eq!(decided(&[(0, v2.clone()), (1, other.clone())]), None);
+        match tally(&[(0, v2.clone()), (1, other), (2, v2)], 2, true) {
+            Tally::Decided(Some(winner)) => assert_eq!(winner.value, b"two"),
+            _ => panic!("the majority of tags decides"),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A storage server: request handling (DESIGN §5 answer rules, volume identity, fencing epochs,
 //! duplicate detection) and the serve loop over the [`Env`] network.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -22,6 +22,12 @@ use crate::store::{GetOutcome, Meta, PutOutcome, RecoveryReport, Store, StoreErr
 /// The most entries a list or dump answer carries; clients page through larger ranges.
 pub const MAX_LIST_ENTRIES: u32 = 4096;
 
+/// The most bytes one deep-scrub request re-reads, so that one request never holds the disk long.
+pub const MAX_DEEP_SCRUB_STEP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// How long a window the request rate in the stats is measured over.
+const REQUEST_RATE_WINDOW: Duration = Duration::from_secs(10);
+
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub allow_fault_injection: bool,
@@ -38,6 +44,11 @@ pub struct ServerOptions {
     pub maintenance_interval: Duration,
     /// Only the simulator's self-test sets this (see [`crate::planted`]).
     pub planted_bug: Option<crate::planted::PlantedBug>,
+    /// How many times a supervisor restarted this server, reported in its stats.
+    pub restarts: u64,
+    /// Requests handled at once over all connections beyond which reads are answered
+    /// `Overloaded`, so that clients read from another bank instead of queueing here.
+    pub max_in_flight_requests: usize,
 }
 
 impl Default for ServerOptions {
@@ -52,6 +63,8 @@ impl Default for ServerOptions {
             duplicate_window: 65_536,
             maintenance_interval: Duration::from_millis(500),
             planted_bug: None,
+            restarts: 0,
+            max_in_flight_requests: 4096,
         }
     }
 }
@@ -90,6 +103,19 @@ struct Counters {
     duplicate_requests: AtomicU64,
     rejected_frames: AtomicU64,
     connections: AtomicUsize,
+    in_flight: AtomicUsize,
+    overloaded_answers: AtomicU64,
+    record_bytes_sent: AtomicU64,
+    record_bytes_stored: AtomicU64,
+}
+
+/// Decrements the in-flight count however the handling ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct Server<E: Env, D: Disk> {
@@ -101,6 +127,9 @@ pub struct Server<E: Env, D: Disk> {
     counters: Counters,
     started_at: Duration,
     fatal: Notify,
+    /// `(time, requests so far)` samples over the last [`REQUEST_RATE_WINDOW`], oldest first.
+    request_samples: StdMutex<VecDeque<(Duration, u64)>>,
+    volume_report: StdMutex<Option<crate::proto::VolumeReport>>,
 }
 
 enum Outgoing {
@@ -140,12 +169,87 @@ impl<E: Env, D: Disk> Server<E, D> {
             }),
             counters: Counters::default(),
             fatal: Notify::new(),
+            request_samples: StdMutex::new(VecDeque::new()),
+            volume_report: StdMutex::new(None),
         });
         Ok((server, report))
     }
 
     pub fn store(&self) -> &Store<D> {
         &self.store
+    }
+
+    /// This server's statistics (for `Request::Stats` and the metrics endpoint).
+    pub async fn stats(&self) -> ServerStats {
+        let meta = self.store.meta().await;
+        self.stats_with(&meta).await
+    }
+
+    async fn stats_with(&self, meta: &Meta) -> ServerStats {
+        let stats = self.store.stats().await;
+        ServerStats {
+            records: stats.records,
+            tombstones: stats.tombstones,
+            live_bytes: stats.live_bytes,
+            log_bytes: stats.log_bytes,
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            duplicate_requests: self.counters.duplicate_requests.load(Ordering::Relaxed),
+            rejected_frames: self.counters.rejected_frames.load(Ordering::Relaxed),
+            corrupt_entries_seen: stats.corrupt_entries_seen,
+            torn_tail_bytes_truncated: stats.torn_tail_bytes_truncated,
+            compacted_entries: stats.compacted_entries,
+            usage: self.env.process_usage(),
+            uptime_ms: (self.env.now() - self.started_at).as_millis() as u64,
+            recovering: meta.recovering,
+            promised_epoch: meta.promised_epoch,
+            restarts: self.options.restarts,
+            request_rate_milli: self.request_rate_milli(),
+            record_bytes_sent: self.counters.record_bytes_sent.load(Ordering::Relaxed),
+            record_bytes_stored: self.counters.record_bytes_stored.load(Ordering::Relaxed),
+            deep_scrubbed_entries: stats.deep_scrubbed_entries,
+            deep_scrub_damage_found: stats.deep_scrub_damage_found,
+            tombstones_dropped: stats.tombstones_dropped,
+            overloaded_answers: self.counters.overloaded_answers.load(Ordering::Relaxed),
+            blank: meta.volume.is_none(),
+            volume_report: self
+                .volume_report
+                .lock()
+                .expect("volume report lock poisoned")
+                .clone(),
+        }
+    }
+
+    /// Note the request count now, for the request rate.
+    fn sample_requests(&self) {
+        let now = self.env.now();
+        let requests = self.counters.requests.load(Ordering::Relaxed);
+        let mut samples = self
+            .request_samples
+            .lock()
+            .expect("request samples lock poisoned");
+        samples.push_back((now, requests));
+        while samples
+            .front()
+            .is_some_and(|(at, _)| now.saturating_sub(*at) > REQUEST_RATE_WINDOW)
+        {
+            samples.pop_front();
+        }
+        // One sample per maintenance tick: bounded by the window over the tick interval.
+        assert!(samples.len() <= 100_000);
+    }
+
+    fn request_rate_milli(&self) -> u64 {
+        let samples = self
+            .request_samples
+            .lock()
+            .expect("request samples lock poisoned");
+        match (samples.front(), samples.back()) {
+            (Some((first_at, first_count)), Some((last_at, last_count))) if last_at > first_at => {
+                let elapsed_ms = (*last_at - *first_at).as_millis().max(1) as u64;
+                (last_count - first_count).saturating_mul(1_000_000) / elapsed_ms
+            }
+            _ => 0,
+        }
     }
 
     fn fail(&self, error: StoreError) -> Response {
@@ -170,6 +274,21 @@ impl<E: Env, D: Disk> Server<E, D> {
     /// Answer one request. Used by the serve loop, the simulator and the fuzzers alike.
     pub async fn handle(&self, request_id: RequestId, request: Request) -> Response {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let in_flight = self.counters.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        let _in_flight = InFlight(&self.counters.in_flight);
+        if in_flight > self.options.max_in_flight_requests && matches!(request, Request::Get { .. })
+        {
+            // Writes must still land (a majority needs us when a bank is down); a read can be
+            // served by another bank.
+            self.counters
+                .overloaded_answers
+                .fetch_add(1, Ordering::Relaxed);
+            return Response::Overloaded;
+        }
+        let stored_bytes = match &request {
+            Request::Put { record, .. } => record.value.len() as u64,
+            _ => 0,
+        };
         let mutating = request.is_mutating();
         if mutating {
             let duplicates = self
@@ -184,6 +303,19 @@ impl<E: Env, D: Disk> Server<E, D> {
             }
         }
         let response = self.handle_fresh(request).await;
+        match &response {
+            Response::Found(record) | Response::Unvouched(record) => {
+                self.counters
+                    .record_bytes_sent
+                    .fetch_add(record.value.len() as u64, Ordering::Relaxed);
+            }
+            Response::Stored => {
+                self.counters
+                    .record_bytes_stored
+                    .fetch_add(stored_bytes, Ordering::Relaxed);
+            }
+            _ => {}
+        }
         // Remember only answers that settle the request: a failure may succeed on retry, and a
         // blank server becomes a member (Join) before the same request is sent again.
         if mutating && !matches!(response, Response::Failed(_) | Response::Blank) {
@@ -499,25 +631,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                     Err(error) => self.fail(error),
                 }
             }
-            Request::Stats => {
-                let stats = self.store.stats().await;
-                Response::Stats(ServerStats {
-                    records: stats.records,
-                    tombstones: stats.tombstones,
-                    live_bytes: stats.live_bytes,
-                    log_bytes: stats.log_bytes,
-                    requests: self.counters.requests.load(Ordering::Relaxed),
-                    duplicate_requests: self.counters.duplicate_requests.load(Ordering::Relaxed),
-                    rejected_frames: self.counters.rejected_frames.load(Ordering::Relaxed),
-                    corrupt_entries_seen: stats.corrupt_entries_seen,
-                    torn_tail_bytes_truncated: stats.torn_tail_bytes_truncated,
-                    compacted_entries: stats.compacted_entries,
-                    usage: self.env.process_usage(),
-                    uptime_ms: (self.env.now() - self.started_at).as_millis() as u64,
-                    recovering: meta.recovering,
-                    promised_epoch: meta.promised_epoch,
-                })
-            }
+            Request::Stats => Response::Stats(Box::new(self.stats_with(&meta).await)),
             Request::Dump {
                 prefix,
                 start_after,
@@ -531,6 +645,84 @@ impl<E: Env, D: Disk> Server<E, D> {
                 {
                     Ok((entries, complete)) => Response::Dump { entries, complete },
                     Err(error) => self.fail(error),
+                }
+            }
+            Request::Digests { volume } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                Response::Digests(self.store.digests().await)
+            }
+            Request::BucketEntries {
+                volume,
+                buckets,
+                start_after,
+                limit,
+            } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let buckets: BTreeSet<u32> = buckets.into_iter().collect();
+                let limit = limit.clamp(1, MAX_LIST_ENTRIES) as usize;
+                let (entries, complete) = self
+                    .store
+                    .bucket_entries(&buckets, start_after.as_deref(), limit)
+                    .await;
+                Response::Listing { entries, complete }
+            }
+            Request::DeepScrub {
+                volume,
+                start_after,
+                max_bytes,
+            } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let max_bytes = max_bytes.clamp(1, MAX_DEEP_SCRUB_STEP_BYTES);
+                match self
+                    .store
+                    .deep_scrub(&self.cluster_key, start_after.as_deref(), max_bytes)
+                    .await
+                {
+                    Ok(progress) => Response::DeepScrubbed(progress),
+                    Err(error) => self.fail(error),
+                }
+            }
+            Request::ReportVolume { volume, report } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let mut latest = self
+                    .volume_report
+                    .lock()
+                    .expect("volume report lock poisoned");
+                let mut report = report;
+                if let Some(current) = latest.as_ref() {
+                    // Reports from a mount and from `votefs scrub` interleave: keep the newest,
+                    // but never forget a complete pass either of them saw.
+                    report.last_complete_pass_unix_ms = report
+                        .last_complete_pass_unix_ms
+                        .max(current.last_complete_pass_unix_ms);
+                }
+                if latest
+                    .as_ref()
+                    .is_none_or(|current| current.reported_at_unix_ms <= report.reported_at_unix_ms)
+                {
+                    *latest = Some(report);
+                }
+                Response::Done
+            }
+            Request::DropTombstones { volume, tombstones } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                let tombstones: Vec<(Vec<u8>, crate::record::Version)> = tombstones
+                    .into_iter()
+                    .map(|(key, version)| (key.into_vec(), version))
+                    .collect();
+                let dropped = self.store.drop_tombstones(&tombstones).await;
+                Response::Dropped {
+                    tombstones: dropped,
                 }
             }
             Request::Inject { key, fault } => {
@@ -567,6 +759,7 @@ impl<E: Env, D: Disk> Server<E, D> {
                 if server.store.is_poisoned() {
                     return;
                 }
+                server.sample_requests();
                 // A few segments per tick at most, so that compaction never hogs the store.
                 for _step in 0..4 {
                     match server.store.compact_step().await {

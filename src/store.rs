@@ -17,8 +17,11 @@ use std::sync::Mutex as StdMutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use crate::digest::{bucket_of, BucketDigests, EntryState};
 use crate::disk::{read_whole, Disk};
-use crate::proto::{DumpEntry, InjectedFault, ListEntry, MemberId, VolumeId};
+use crate::proto::{
+    BucketDigest, DeepScrubProgress, DumpEntry, InjectedFault, ListEntry, MemberId, VolumeId,
+};
 use crate::record::{ClusterKey, Record, Tag, Version, MAX_KEY_BYTES, MAX_VALUE_BYTES};
 
 const ENTRY_MAGIC: u32 = 0x3153_4656; // "VFS1"
@@ -100,6 +103,57 @@ impl Slot {
             Slot::Stored { location, .. } | Slot::Lost { location } => *location,
         }
     }
+
+    fn digest_state(&self) -> EntryState<'_> {
+        match self {
+            Slot::Stored {
+                version,
+                tombstone,
+                tag,
+                damaged: false,
+                ..
+            } => EntryState::Healthy {
+                version: *version,
+                tombstone: *tombstone,
+                tag,
+            },
+            Slot::Stored { damaged: true, .. } | Slot::Lost { .. } => EntryState::Unusable,
+        }
+    }
+
+    /// How this slot appears in a scrubber's listing: an unusable copy with a zero version and
+    /// tag, so that it differs from every good copy.
+    fn list_entry(&self, key: &[u8]) -> ListEntry {
+        match self {
+            Slot::Stored {
+                version,
+                tombstone,
+                tag,
+                damaged: false,
+                ..
+            } => ListEntry {
+                key: key.to_vec(),
+                version: *version,
+                tombstone: *tombstone,
+                tag: *tag,
+            },
+            Slot::Stored { damaged: true, .. } | Slot::Lost { .. } => ListEntry {
+                key: key.to_vec(),
+                version: Version::default(),
+                tombstone: false,
+                tag: [0; crate::record::TAG_BYTES],
+            },
+        }
+    }
+}
+
+/// A tombstone every copy held, dropped from the index but still in the log. It stays in the log
+/// (counted live) until no older segment is left, because an older segment may still hold a
+/// superseded version of its key that would come back to life at the next start without it.
+#[derive(Clone, Debug)]
+struct DroppedTombstone {
+    record: Record,
+    location: Location,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -113,6 +167,9 @@ struct State {
     segments: BTreeMap<u64, SegmentInfo>,
     active: u64,
     meta: Meta,
+    /// Kept equal to the digests of `index` on every change.
+    digests: BucketDigests,
+    dropped_tombstones: Vec<DroppedTombstone>,
 }
 
 impl State {
@@ -130,12 +187,34 @@ impl State {
         info.live_bytes -= u64::from(location.length);
     }
 
-    /// Point `key` at `slot`, keeping per-segment live byte counts exact.
+    /// Point `key` at `slot`, keeping per-segment live byte counts and the digests exact.
     fn replace(&mut self, key: Vec<u8>, slot: Slot) {
         self.add_live(slot.location());
+        self.digests.add(&key, slot.digest_state());
+        if let Some(previous) = self.index.get(&key) {
+            self.digests.remove(&key, previous.digest_state());
+        }
         if let Some(previous) = self.index.insert(key, slot) {
             self.remove_live(previous.location());
         }
+    }
+
+    /// Mark the copy of `key` at `at` damaged (it failed a check). Returns whether it was marked
+    /// now (false if the entry moved or already was).
+    fn set_damaged(&mut self, key: &[u8], at: Location) -> bool {
+        let Some(slot) = self.index.get(key) else {
+            return false;
+        };
+        if slot.location() != at || !matches!(slot, Slot::Stored { damaged: false, .. }) {
+            return false;
+        }
+        self.digests.remove(key, slot.digest_state());
+        if let Some(Slot::Stored { damaged, .. }) = self.index.get_mut(key) {
+            *damaged = true;
+        }
+        let slot = self.index.get(key).expect("just updated");
+        self.digests.add(key, slot.digest_state());
+        true
     }
 }
 
@@ -185,6 +264,9 @@ struct Counters {
     corrupt_entries_seen: AtomicU64,
     torn_tail_bytes: AtomicU64,
     compacted_entries: AtomicU64,
+    deep_scrubbed_entries: AtomicU64,
+    deep_scrub_damage_found: AtomicU64,
+    tombstones_dropped: AtomicU64,
 }
 
 /// Counts for server statistics.
@@ -197,6 +279,9 @@ pub struct StoreStats {
     pub corrupt_entries_seen: u64,
     pub torn_tail_bytes_truncated: u64,
     pub compacted_entries: u64,
+    pub deep_scrubbed_entries: u64,
+    pub deep_scrub_damage_found: u64,
+    pub tombstones_dropped: u64,
 }
 
 pub struct Store<D: Disk> {
@@ -357,6 +442,8 @@ impl<D: Disk> Store<D> {
             segments: BTreeMap::new(),
             active: segment_numbers.last().map_or(1, |last| last + 1),
             meta: Meta::default(),
+            digests: BucketDigests::default(),
+            dropped_tombstones: Vec::new(),
         };
         let last_segment = segment_numbers.last().copied();
         for segment in segment_numbers {
@@ -620,19 +707,12 @@ impl<D: Disk> Store<D> {
         }
     }
 
-    async fn mark_damaged(&self, key: &[u8], at: Location) {
-        let mut state = self.state.lock().await;
-        if let Some(Slot::Stored {
-            location, damaged, ..
-        }) = state.index.get_mut(key)
-        {
-            if *location == at {
-                *damaged = true;
-            }
-        }
+    async fn mark_damaged(&self, key: &[u8], at: Location) -> bool {
+        let marked = self.state.lock().await.set_damaged(key, at);
         self.counters
             .corrupt_entries_seen
             .fetch_add(1, Ordering::Relaxed);
+        marked
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<GetOutcome, StoreError> {
@@ -759,6 +839,168 @@ impl<D: Disk> Store<D> {
             entries.push(entry);
         }
         (entries, true)
+    }
+
+    /// The per-bucket digests of everything this store holds.
+    pub async fn digests(&self) -> Vec<BucketDigest> {
+        self.state.lock().await.digests.buckets().to_vec()
+    }
+
+    /// Entries whose key falls in one of `buckets`, after `start_after`, damaged and lost copies
+    /// included (listed with a zero version and tag).
+    pub async fn bucket_entries(
+        &self,
+        buckets: &std::collections::BTreeSet<u32>,
+        start_after: Option<&[u8]>,
+        limit: usize,
+    ) -> (Vec<ListEntry>, bool) {
+        let state = self.state.lock().await;
+        let start = match start_after {
+            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut entries = Vec::new();
+        for (key, slot) in state.index.range((start, std::ops::Bound::Unbounded)) {
+            if !buckets.contains(&bucket_of(key)) {
+                continue;
+            }
+            if entries.len() >= limit {
+                return (entries, false);
+            }
+            entries.push(slot.list_entry(key));
+        }
+        (entries, true)
+    }
+
+    /// Re-read stored entries after `start_after` in key order until `max_bytes` were read,
+    /// checking each entry's checksum and, under `cluster_key`, its end-to-end tag; mark the ones
+    /// that fail as damaged, so that reads answer `Corrupt` and the digests expose them.
+    pub async fn deep_scrub(
+        &self,
+        cluster_key: &ClusterKey,
+        start_after: Option<&[u8]>,
+        max_bytes: u64,
+    ) -> Result<DeepScrubProgress, StoreError> {
+        self.check_poisoned()?;
+        let (batch, reached_end) = {
+            let state = self.state.lock().await;
+            let start = match start_after {
+                Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0u64;
+            let mut reached_end = true;
+            for (key, slot) in state.index.range((start, std::ops::Bound::Unbounded)) {
+                if batch_bytes >= max_bytes.max(1) {
+                    reached_end = false;
+                    break;
+                }
+                let location = slot.location();
+                batch_bytes += u64::from(location.length);
+                batch.push((key.clone(), slot.clone()));
+            }
+            (batch, reached_end)
+        };
+        let mut progress = DeepScrubProgress::default();
+        for (key, slot) in &batch {
+            let Slot::Stored {
+                version,
+                tag,
+                location,
+                damaged: false,
+                ..
+            } = slot
+            else {
+                continue;
+            };
+            self.wait_durable(
+                location.segment,
+                location.offset + u64::from(location.length),
+            )
+            .await?;
+            progress.entries_checked += 1;
+            progress.bytes_checked += u64::from(location.length);
+            let healthy = match self.read_entry(*location).await {
+                Ok(Some(LogEntry::Record(record))) => {
+                    record.key == *key
+                        && record.version == *version
+                        && record.tag == *tag
+                        && record.tag_is_valid(cluster_key)
+                }
+                // Compaction moved the entry meanwhile: it was read whole by compaction, and the
+                // next deep scrub reads it at its new place.
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => true,
+                _ => false,
+            };
+            if !healthy && self.mark_damaged(key, *location).await {
+                progress.damaged_found += 1;
+                tracing::warn!(
+                    key = %crate::record::display_key(key),
+                    "deep scrub: a stored entry failed its check; it is now reported corrupt"
+                );
+            }
+        }
+        self.counters
+            .deep_scrubbed_entries
+            .fetch_add(progress.entries_checked, Ordering::Relaxed);
+        self.counters
+            .deep_scrub_damage_found
+            .fetch_add(progress.damaged_found, Ordering::Relaxed);
+        progress.resume_after = match (reached_end, batch.last()) {
+            (false, Some((key, _))) => Some(serde_bytes::ByteBuf::from(key.clone())),
+            _ => None,
+        };
+        Ok(progress)
+    }
+
+    /// Forget each listed tombstone that this store holds exactly, healthy, from an epoch older
+    /// than `promised_epoch`. Returns how many were dropped.
+    pub async fn drop_tombstones(&self, tombstones: &[(Vec<u8>, Version)]) -> u64 {
+        let mut state = self.state.lock().await;
+        let promised_epoch = state.meta.promised_epoch;
+        let mut dropped = 0;
+        for (key, expected_version) in tombstones {
+            let droppable = matches!(
+                state.index.get(key),
+                Some(Slot::Stored {
+                    version,
+                    tombstone: true,
+                    damaged: false,
+                    ..
+                }) if version == expected_version && version.epoch < promised_epoch
+            );
+            if !droppable {
+                continue;
+            }
+            let slot = state.index.remove(key).expect("checked above");
+            state.digests.remove(key, slot.digest_state());
+            let Slot::Stored {
+                version,
+                tag,
+                location,
+                ..
+            } = slot
+            else {
+                unreachable!("checked above")
+            };
+            // Its bytes stay live: see `DroppedTombstone`.
+            state.dropped_tombstones.push(DroppedTombstone {
+                record: Record {
+                    key: key.clone(),
+                    version,
+                    tombstone: true,
+                    value: Vec::new(),
+                    tag,
+                },
+                location,
+            });
+            dropped += 1;
+        }
+        self.counters
+            .tombstones_dropped
+            .fetch_add(dropped, Ordering::Relaxed);
+        dropped
     }
 
     /// What this store holds under `prefix`, re-reading each entry to report its health.
@@ -922,6 +1164,12 @@ impl<D: Disk> Store<D> {
             corrupt_entries_seen: self.counters.corrupt_entries_seen.load(Ordering::Relaxed),
             torn_tail_bytes_truncated: self.counters.torn_tail_bytes.load(Ordering::Relaxed),
             compacted_entries: self.counters.compacted_entries.load(Ordering::Relaxed),
+            deep_scrubbed_entries: self.counters.deep_scrubbed_entries.load(Ordering::Relaxed),
+            deep_scrub_damage_found: self
+                .counters
+                .deep_scrub_damage_found
+                .load(Ordering::Relaxed),
+            tombstones_dropped: self.counters.tombstones_dropped.load(Ordering::Relaxed),
             ..StoreStats::default()
         };
         for slot in state.index.values() {
@@ -1005,6 +1253,36 @@ impl<D: Disk> Store<D> {
             .await?;
         }
         let mut state = self.state.lock().await;
+        let older_segment_remains = state.segments.range(..segment).next().is_some();
+        let mut index = 0;
+        // Bounded by the dropped tombstones: each is either moved out of `segment` or forgotten.
+        while index < state.dropped_tombstones.len() {
+            let dropped = state.dropped_tombstones[index].clone();
+            if dropped.location.segment != segment {
+                index += 1;
+                continue;
+            }
+            state.remove_live(dropped.location);
+            if older_segment_remains {
+                let bytes = encode_entry(&LogEntry::Record(dropped.record));
+                let location = self.append_locked(&mut state, &bytes).await?;
+                state.add_live(location);
+                state.dropped_tombstones[index].location = location;
+                last_location = Some(location);
+                index += 1;
+            } else {
+                state.dropped_tombstones.swap_remove(index);
+            }
+        }
+        if let Some(location) = last_location {
+            drop(state);
+            self.wait_durable(
+                location.segment,
+                location.offset + u64::from(location.length),
+            )
+            .await?;
+            state = self.state.lock().await;
+        }
         let info = state.segments.get(&segment).copied().unwrap_or_default();
         if info.live_bytes != 0 {
             // Something was written into it meanwhile? Impossible: only the active segment grows.
@@ -1327,6 +1605,196 @@ mod tests {
             store.get(b"k").await.unwrap(),
             GetOutcome::Found(record("k", 1, &[5u8; 256]))
         );
+    }
+
+    fn tombstone(key: &str, sequence: u64) -> Record {
+        Record::new(
+            &cluster_key(),
+            key.as_bytes().to_vec(),
+            Version {
+                epoch: 1,
+                sequence,
+                writer: 1,
+            },
+            true,
+            Vec::new(),
+        )
+    }
+
+    #[tokio::test]
+    async fn digests_follow_every_change_and_the_deep_scrub_exposes_rot() {
+        let first_directory = tempfile::tempdir().unwrap();
+        let second_directory = tempfile::tempdir().unwrap();
+        let (first, _) = open(first_directory.path(), 1 << 20).await;
+        let (second, _) = open(second_directory.path(), 1 << 20).await;
+        let records: Vec<Record> = (0..50)
+            .map(|index| record(&format!("key{index:02}"), 1, &[index as u8; 300]))
+            .collect();
+        for record in &records {
+            first.put(record.clone(), false).await.unwrap();
+        }
+        // The same records in another order, with an overwrite on the way.
+        second
+            .put(record("key07", 0, b"older"), false)
+            .await
+            .unwrap();
+        for record in records.iter().rev() {
+            second.put(record.clone(), false).await.unwrap();
+        }
+        assert_eq!(first.digests().await, second.digests().await);
+        let entries: u32 = first
+            .digests()
+            .await
+            .iter()
+            .map(|bucket| bucket.entries)
+            .sum();
+        assert_eq!(entries, 50);
+
+        // Rot in the last entry on disk: invisible until re-read.
+        let file = segment_files(first_directory.path()).pop().unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 10;
+        bytes[last] ^= 0xFF;
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(first.digests().await, second.digests().await);
+        // A small budget stops early and says where to resume.
+        let partial = first.deep_scrub(&cluster_key(), None, 1).await.unwrap();
+        assert_eq!(partial.entries_checked, 1);
+        assert!(partial.resume_after.is_some());
+        let rest = first
+            .deep_scrub(
+                &cluster_key(),
+                partial.resume_after.as_deref().map(|key| &key[..]),
+                u64::MAX,
+            )
+            .await
+            .unwrap();
+        assert_eq!(rest.entries_checked, 49);
+        assert_eq!(rest.damaged_found, 1);
+        assert_eq!(rest.resume_after, None);
+        let rotten = records.last().unwrap().key.clone();
+        let bucket = crate::digest::bucket_of(&rotten) as usize;
+        let (first_digests, second_digests) = (first.digests().await, second.digests().await);
+        for index in 0..first_digests.len() {
+            assert_eq!(
+                first_digests[index] == second_digests[index],
+                index != bucket,
+                "bucket {index}"
+            );
+        }
+        let buckets = std::collections::BTreeSet::from([bucket as u32]);
+        let (listed, complete) = first.bucket_entries(&buckets, None, 100).await;
+        assert!(complete);
+        let listed_rotten = listed.iter().find(|entry| entry.key == rotten).unwrap();
+        assert_eq!(
+            listed_rotten.version,
+            Version::default(),
+            "a damaged copy lists as unusable"
+        );
+        assert!(listed
+            .iter()
+            .all(|entry| crate::digest::bucket_of(&entry.key) as usize == bucket));
+
+        // A well-formed entry whose tag fails (written behind the server's back) is rot too.
+        second
+            .inject(&cluster_key(), b"key03", InjectedFault::Corrupt)
+            .await
+            .unwrap();
+        let found = second
+            .deep_scrub(&cluster_key(), None, u64::MAX)
+            .await
+            .unwrap();
+        assert_eq!(found.damaged_found, 1);
+        assert_eq!(second.get(b"key03").await.unwrap(), GetOutcome::Corrupt);
+        // Repairing both copies brings the digests back together.
+        first
+            .put(records.last().unwrap().clone(), true)
+            .await
+            .unwrap();
+        second.put(records[3].clone(), true).await.unwrap();
+        assert_eq!(first.digests().await, second.digests().await);
+    }
+
+    #[tokio::test]
+    async fn tombstones_drop_only_when_fenced_and_never_resurrect_older_versions() {
+        let directory = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = open(directory.path(), 4096).await;
+            // The first segment: the doomed key and cold keys that keep the segment mostly live,
+            // so it is never compacted and its superseded copy of the doomed key stays on disk.
+            store
+                .put(record("doomed", 1, &[1u8; 600]), false)
+                .await
+                .unwrap();
+            for index in 0..4 {
+                store
+                    .put(record(&format!("cold{index}"), 1, &[2u8; 900]), false)
+                    .await
+                    .unwrap();
+            }
+            store.put(tombstone("doomed", 2), false).await.unwrap();
+            // Garbage after the tombstone, so that its segment is worth compacting.
+            for sequence in 1..=40u64 {
+                store
+                    .put(record("hot", sequence, &[3u8; 400]), false)
+                    .await
+                    .unwrap();
+            }
+            let version = tombstone("doomed", 2).version;
+            // Not yet: no newer epoch was promised, so an older write could still arrive.
+            assert_eq!(
+                store
+                    .drop_tombstones(&[(b"doomed".to_vec(), version)])
+                    .await,
+                0
+            );
+            store
+                .update_meta(|meta| {
+                    meta.promised_epoch = 2;
+                    true
+                })
+                .await
+                .unwrap();
+            // Only the exact version is dropped.
+            let mut other_version = version;
+            other_version.sequence += 1;
+            assert_eq!(
+                store
+                    .drop_tombstones(&[(b"doomed".to_vec(), other_version)])
+                    .await,
+                0
+            );
+            assert_eq!(store.stats().await.tombstones, 1);
+            assert_eq!(
+                store
+                    .drop_tombstones(&[(b"doomed".to_vec(), version)])
+                    .await,
+                1
+            );
+            assert_eq!(store.get(b"doomed").await.unwrap(), GetOutcome::NotFound);
+            assert_eq!(store.stats().await.tombstones, 0);
+            let entries: u32 = store
+                .digests()
+                .await
+                .iter()
+                .map(|bucket| bucket.entries)
+                .sum();
+            assert_eq!(entries, 5, "the dropped tombstone left the digests");
+            let mut steps = 0;
+            while store.compact_step().await.unwrap().is_some() {
+                steps += 1;
+                assert!(steps < 1000, "compaction must terminate");
+            }
+            assert!(steps > 0);
+        }
+        // After a restart the tombstone may come back (every copy will agree to drop it again),
+        // but the superseded live version must not.
+        let (store, _) = open(directory.path(), 4096).await;
+        match store.get(b"doomed").await.unwrap() {
+            GetOutcome::NotFound => {}
+            GetOutcome::Found(record) => assert!(record.tombstone, "resurrected: {record:?}"),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -111,10 +111,13 @@ fn the_command_line_works_and_fails_cleanly() {
     let output = run_votefs(&["kv", "list", "--cluster", config], None);
     assert_eq!(succeeded(&output, "kv list after delete"), "beta\ngamma\n");
 
-    // status: one line per server.
+    // status: a header, one line per server, then the volume's healing (no refresh has
+    // reported yet: no mount runs).
     let output = run_votefs(&["status", "--cluster", config], None);
     let status = succeeded(&output, "status");
-    assert_eq!(status.lines().count(), 6, "status:\n{status}");
+    assert_eq!(status.lines().count(), 1 + 6 + 1, "status:\n{status}");
+    assert!(status.lines().next().unwrap().contains("restarts"), "{status}");
+    assert!(status.contains("no refresh has reported yet"), "{status}");
     for server in 0..cluster.server_count() {
         let address = cluster.address(server).to_string();
         assert_eq!(
@@ -134,7 +137,7 @@ fn the_command_line_works_and_fails_cleanly() {
         !output.status.success(),
         "status with a server down exited 0"
     );
-    assert_eq!(status.lines().count(), 6, "status:\n{status}");
+    assert_eq!(status.lines().count(), 1 + 6 + 1, "status:\n{status}");
     let down: Vec<&str> = status
         .lines()
         .filter(|line| line.contains("DOWN"))

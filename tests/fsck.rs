@@ -15,6 +15,7 @@ fn options() -> MountOptions {
     MountOptions {
         refresh_interval: Duration::from_secs(3600),
         allow_other: false,
+        ..MountOptions::default()
     }
 }
 

@@ -33,6 +33,7 @@ fn quick_refresh() -> MountOptions {
     MountOptions {
         refresh_interval: Duration::from_secs(3600),
         allow_other: false,
+        ..MountOptions::default()
     }
 }
 
@@ -125,6 +126,7 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
     let options = MountOptions {
         refresh_interval: Duration::from_millis(500),
         allow_other: false,
+        ..MountOptions::default()
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let admin = admin_client(&cluster);
@@ -170,6 +172,11 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
         .block_on(common::dump_entry(&admin, victim, &key))
         .unwrap();
     assert!(!entry.tag_ok || !entry.checksum_ok, "{entry:?}");
+    let metrics_address = common::free_loopback_address();
+    let options = MountOptions {
+        metrics: Some(metrics_address),
+        ..options
+    };
     let mounted = Mounted::start(cluster.config_path(), &mountpoint, options);
     let root = mounted.path().to_path_buf();
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
@@ -210,6 +217,15 @@ fn survives_a_lost_bank_a_corrupt_chunk_and_an_emptied_server() {
         },
     );
     assert_eq!(std::fs::read(root.join("big.bin")).unwrap(), big);
+
+    // The mount's metrics saw all of it: the corrupt copy repaired, complete refresh passes,
+    // and the reads it served.
+    let exposition = common::scrape_metrics(metrics_address);
+    let value = |name: &str| common::metric_value(&exposition, name);
+    assert!(value("votefs_mount_repairs_total{cause=\"corrupt\"}") >= 1.0);
+    assert!(value("votefs_refresh_complete_passes_total") >= 1.0);
+    assert!(value("votefs_mount_operation_duration_seconds_count{operation=\"read\"}") >= 1.0);
+    assert_eq!(value("votefs_mount_heal_backlog"), 0.0);
     mounted.stop().expect("unmounting");
 }
 

@@ -44,6 +44,7 @@ fn mount_for_everyone(cluster: &TestCluster) -> Mounted {
         MountOptions {
             refresh_interval: Duration::from_secs(3600),
             allow_other: true,
+            ..MountOptions::default()
         },
     )
 }

@@ -98,6 +98,29 @@ fn check_key(key: &[u8], operations: &[&Operation], violations: &mut Vec<String>
             continue;
         };
         let ended = operation.ended.expect("a read with an outcome has ended");
+        // The scrubber drops tombstones every copy holds: a key read as absent may have been
+        // deleted by any delete that began before the read ended, and reads at that delete's
+        // version. An indeterminate delete's version is unknown: such a read proves nothing
+        // either way and is not judged.
+        let deletes_before = || {
+            operations
+                .iter()
+                .filter(move |other| other.kind == OperationKind::Delete && other.started <= ended)
+        };
+        let absent = version.is_none() && !*tombstone && value_op.is_none();
+        if absent && deletes_before().any(|delete| !matches!(delete.outcome, Outcome::Written(_))) {
+            continue;
+        }
+        let version = &if absent {
+            deletes_before()
+                .filter_map(|delete| match delete.outcome {
+                    Outcome::Written(written) => Some(written),
+                    _ => None,
+                })
+                .max()
+        } else {
+            *version
+        };
         match value_op {
             Some(op) => match puts.get(op) {
                 None => violations.push(format!(
@@ -246,6 +269,45 @@ mod tests {
         let violations = check_history(&backwards, &FenceTimes::new());
         assert_eq!(violations.len(), 1, "{violations:?}");
         assert!(violations[0].contains("back in time"));
+    }
+
+    #[test]
+    fn absence_after_a_collected_tombstone_reads_at_the_deletes_version() {
+        let put = |id, sequence, started, ended| {
+            op(
+                id,
+                OperationKind::Put { value_length: 10 },
+                started,
+                ended,
+                Outcome::Written(version(sequence)),
+            )
+        };
+        let delete = |id, sequence, started, ended| {
+            op(
+                id,
+                OperationKind::Delete,
+                started,
+                ended,
+                Outcome::Written(version(sequence)),
+            )
+        };
+        // Deleted, the tombstone collected: absent is what a read must see.
+        let collected = vec![
+            put(0, 1, 0, 10),
+            delete(1, 2, 20, 30),
+            read(2, 40, 50, None),
+        ];
+        assert!(check_history(&collected, &FenceTimes::new()).is_empty());
+        // But a put acknowledged after the delete may not vanish.
+        let lost = vec![
+            put(0, 1, 0, 10),
+            delete(1, 2, 20, 30),
+            put(2, 3, 31, 35),
+            read(3, 40, 50, None),
+        ];
+        let violations = check_history(&lost, &FenceTimes::new());
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("lost or stale"));
     }
 
     #[test]

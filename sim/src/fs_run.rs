@@ -18,6 +18,7 @@ use votefs::fs::{FileSystem, RecoveryReport};
 use votefs::planted::PlantedBug;
 use votefs::quorum::{OpenMode, QuorumClient};
 use votefs::rng::SeededRng;
+use votefs::scrub::{refresh_loop, ScrubOptions, Scrubber};
 use votefs::verify::compare::{compare, ComparisonOptions};
 use votefs::verify::generate::Generator;
 use votefs::verify::model::{AccessTimeUpdates, Model, ModelOptions};
@@ -103,6 +104,10 @@ struct Mount {
 }
 
 /// Open the volume as its writer on a fresh client node and mount the file system there.
+/// How often a simulated mount runs its refresh pass, and reports to the servers.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(3);
+const REFRESH_REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
 async fn mount(
     env: &SimEnv,
     cluster: &Arc<Mutex<SimCluster>>,
@@ -134,7 +139,16 @@ async fn mount(
                 .await
                 {
                     Ok(client) => match FileSystem::mount(task_env.clone(), client.clone()).await {
-                        Ok((fs, report)) => return Ok((fs, client, report)),
+                        Ok((fs, report)) => {
+                            // The mount's refresh runs alongside the workload and the faults,
+                            // as `votefs mount` runs it (only faster).
+                            let scrubber = Scrubber::new(client.clone(), ScrubOptions::default());
+                            task_env.spawn(async move {
+                                refresh_loop(scrubber, REFRESH_INTERVAL, REFRESH_REPORT_INTERVAL)
+                                    .await;
+                            });
+                            return Ok((fs, client, report));
+                        }
                         Err(errno) => last_error = format!("file system: {errno}"),
                     },
                     Err(error) => last_error = error.to_string(),

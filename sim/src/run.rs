@@ -167,6 +167,8 @@ pub fn server_options(planted_bug: Option<PlantedBug>) -> ServerOptions {
         handshake_timeout: Duration::from_secs(2),
         duplicate_window: 4096,
         maintenance_interval: Duration::from_millis(200),
+        restarts: 0,
+        max_in_flight_requests: 1024,
     }
 }
 
@@ -743,30 +745,49 @@ async fn final_checks(world: Arc<World>) -> (Vec<String>, Sometimes) {
         return (violations, sometimes);
     };
     let checker_number = u64::MAX;
-    // Up to three passes: a blank server joins in one and is refilled in the next.
-    let mut settled = false;
-    for _pass in 0..3 {
-        match scrub_pass(&client).await {
-            Ok(report) => {
-                *sometimes
-                    .entry("scrub: recovering server made healthy")
-                    .or_default() += report.servers_healed.len() as u64;
-                if report.keys_unsettled == 0 && report.servers_unreachable.is_empty() {
-                    settled = true;
-                    if all_healthy(&client).await {
-                        break;
-                    }
-                }
+    // After the faults stop, one pass must bring every copy in step (a blank server joins at its
+    // start and is refilled by it).
+    match scrub_pass(&client).await {
+        Ok(report) => {
+            *sometimes
+                .entry("scrub: recovering server made healthy")
+                .or_default() += report.servers_healed.len() as u64;
+            *sometimes.entry("scrub: buckets differed").or_default() += report.buckets_differing;
+            *sometimes.entry("scrub: tombstones dropped").or_default() += report.tombstones_dropped;
+            *sometimes.entry("scrub: deep scrub found rot").or_default() +=
+                report.deep_scrub_damage_found;
+            if inside && !report.is_complete() {
+                violations.push(format!(
+                    "after healing, one scrub pass did not settle every key: {report:?}"
+                ));
             }
-            Err(error) => {
-                if inside {
-                    violations.push(format!("scrub pass failed after healing: {error}"));
-                }
+        }
+        Err(error) => {
+            if inside {
+                violations.push(format!("scrub pass failed after healing: {error}"));
             }
         }
     }
-    if inside && !settled {
-        violations.push("after healing, a scrub pass could not settle every key".into());
+    if inside {
+        violations.extend(compare_bank_digests(&client).await);
+        // A pass over identical replicas compares digests and moves no record data.
+        let before = record_bytes_moved(&client).await;
+        match scrub_pass(&client).await {
+            Ok(report) => {
+                if report.buckets_differing != 0 || report.keys_examined != 0 {
+                    violations.push(format!(
+                        "a pass over identical replicas still found differences: {report:?}"
+                    ));
+                }
+            }
+            Err(error) => violations.push(format!("an idle scrub pass failed: {error}")),
+        }
+        let after = record_bytes_moved(&client).await;
+        if before != after {
+            violations.push(format!(
+                "a pass over identical replicas moved record data: {before:?} -> {after:?} bytes (sent, stored)"
+            ));
+        }
     }
     let keys: BTreeSet<Vec<u8>> = world
         .history
@@ -826,6 +847,50 @@ async fn final_checks(world: Arc<World>) -> (Vec<String>, Sometimes) {
         }
     }
     (violations, sometimes)
+}
+
+/// Every bank holds the same entries: the XOR of each bank's servers' digests is equal.
+async fn compare_bank_digests(client: &QuorumClient<SimEnv>) -> Vec<String> {
+    let placement = client.placement().clone();
+    let mut digests = BTreeMap::new();
+    for server in 0..placement.server_count() {
+        let request = Request::Digests {
+            volume: client.volume(),
+        };
+        match client.call_server(server, request).await {
+            Ok(Response::Digests(buckets)) => {
+                digests.insert(server, buckets);
+            }
+            other => {
+                return vec![format!(
+                    "cannot read the digests of {}: {other:?}",
+                    placement.address(server)
+                )]
+            }
+        }
+    }
+    let banks = votefs::scrub::bank_digests(&placement, &digests);
+    let differing = votefs::scrub::differing_buckets(&banks);
+    if differing.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "after a complete pass, the banks' digests still differ in {} buckets",
+            differing.len()
+        )]
+    }
+}
+
+/// Record value bytes all servers sent and stored so far.
+async fn record_bytes_moved(client: &QuorumClient<SimEnv>) -> (u64, u64) {
+    let mut moved = (0, 0);
+    for server in 0..client.placement().server_count() {
+        if let Ok(Response::Stats(stats)) = client.call_server(server, Request::Stats).await {
+            moved.0 += stats.record_bytes_sent;
+            moved.1 += stats.record_bytes_stored;
+        }
+    }
+    moved
 }
 
 async fn all_healthy(client: &QuorumClient<SimEnv>) -> bool {

@@ -1,9 +1,11 @@
 //! [`Env`] over madsim: simulated TCP, virtual time, node-local tasks, seeded randomness.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,16 +17,63 @@ use votefs::env::{Env, ProcessUsage};
 
 use crate::trace::Trace;
 
-/// The simulated world as the core sees it. Clones share the trace.
+/// The simulated world as the core sees it. Clones share the trace and the injected latency.
 #[derive(Clone, Default)]
 pub struct SimEnv {
     pub trace: Trace,
+    pub latency: InjectedLatency,
 }
 
-/// A madsim stream whose written bytes go into the trace.
+/// Extra latency per server address: a slowed server. madsim's network has one latency range for
+/// every link, so the delay is added here, on the connecting side: bytes a server sends on a
+/// connection opened to it are handed to the reader that much later than they arrived. Changes
+/// apply to bytes arriving from then on, on existing connections too.
+#[derive(Clone, Default)]
+pub struct InjectedLatency {
+    by_address: Arc<Mutex<BTreeMap<IpAddr, Duration>>>,
+}
+
+impl InjectedLatency {
+    /// Delay everything read from `server` by `delay` (zero removes the delay).
+    pub fn set(&self, server: IpAddr, delay: Duration) {
+        let mut by_address = self.by_address.lock().expect("latency lock poisoned");
+        if delay.is_zero() {
+            by_address.remove(&server);
+        } else {
+            by_address.insert(server, delay);
+        }
+    }
+
+    pub fn of(&self, server: IpAddr) -> Duration {
+        self.by_address
+            .lock()
+            .expect("latency lock poisoned")
+            .get(&server)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// Bytes read from the network but held back until their injected delay has passed.
+struct DelayedReads {
+    server: IpAddr,
+    latency: InjectedLatency,
+    /// Chunks in arrival order, each with the simulated time it may be handed over. Bounded by
+    /// what the peer sends ahead of the reader, which the RPC layer bounds.
+    held: VecDeque<(Duration, Vec<u8>)>,
+    /// End of stream (or its error) and when it may be reported, once the network reported it.
+    end: Option<(Duration, Option<io::Error>)>,
+    ended: bool,
+    /// Where bytes are read before they are queued (kept to avoid an allocation per poll).
+    scratch: Vec<u8>,
+    timer: Option<(Duration, Pin<Box<madsim::time::Sleep>>)>,
+}
+
+/// A madsim stream whose written bytes go into the trace, and whose reads may be delayed.
 pub struct TracedStream {
     inner: TcpStream,
     trace: Trace,
+    delayed: Option<DelayedReads>,
 }
 
 impl AsyncRead for TracedStream {
@@ -33,7 +82,79 @@ impl AsyncRead for TracedStream {
         context: &mut Context<'_>,
         buffer: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(context, buffer)
+        let this = &mut *self;
+        let Some(delayed) = this.delayed.as_mut() else {
+            return Pin::new(&mut this.inner).poll_read(context, buffer);
+        };
+        let delay = delayed.latency.of(delayed.server);
+        if delay.is_zero() && delayed.held.is_empty() && delayed.end.is_none() && !delayed.ended {
+            return Pin::new(&mut this.inner).poll_read(context, buffer);
+        }
+        poll_delayed(&mut this.inner, delayed, delay, context, buffer)
+    }
+}
+
+fn simulated_now() -> Duration {
+    madsim::time::TimeHandle::current().elapsed()
+}
+
+/// Read what has arrived into `delayed` stamped with its release time, then hand over what is
+/// due, or wait for the earliest release.
+fn poll_delayed(
+    inner: &mut TcpStream,
+    delayed: &mut DelayedReads,
+    delay: Duration,
+    context: &mut Context<'_>,
+    buffer: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    if delayed.ended {
+        return Poll::Ready(Ok(()));
+    }
+    let arrived_at = simulated_now();
+    // Bounded: each turn takes bytes the network already delivered, until it has none.
+    while delayed.end.is_none() {
+        let mut chunk_buffer = ReadBuf::new(&mut delayed.scratch);
+        match Pin::new(&mut *inner).poll_read(context, &mut chunk_buffer) {
+            Poll::Ready(Ok(())) if chunk_buffer.filled().is_empty() => {
+                delayed.end = Some((arrived_at + delay, None));
+            }
+            Poll::Ready(Ok(())) => {
+                let chunk = chunk_buffer.filled().to_vec();
+                delayed.held.push_back((arrived_at + delay, chunk));
+            }
+            Poll::Ready(Err(error)) => delayed.end = Some((arrived_at + delay, Some(error))),
+            Poll::Pending => break,
+        }
+    }
+    // Bounded: at most one turn after the timer fires.
+    loop {
+        let now = simulated_now();
+        let due_at = match (delayed.held.front(), &delayed.end) {
+            (Some((due_at, _)), _) | (None, Some((due_at, _))) => *due_at,
+            (None, None) => return Poll::Pending,
+        };
+        if due_at <= now {
+            delayed.timer = None;
+            if let Some((_, bytes)) = delayed.held.front_mut() {
+                let length = bytes.len().min(buffer.remaining());
+                buffer.put_slice(&bytes[..length]);
+                bytes.drain(..length);
+                if bytes.is_empty() {
+                    delayed.held.pop_front();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let (_, error) = delayed.end.take().expect("the end is due");
+            delayed.ended = true;
+            return Poll::Ready(error.map_or(Ok(()), Err));
+        }
+        if delayed.timer.as_ref().is_none_or(|(at, _)| *at != due_at) {
+            delayed.timer = Some((due_at, Box::pin(madsim::time::sleep(due_at - now))));
+        }
+        let (_, timer) = delayed.timer.as_mut().expect("set above");
+        if timer.as_mut().poll(context).is_pending() {
+            return Poll::Pending;
+        }
     }
 }
 
@@ -68,6 +189,15 @@ impl Env for SimEnv {
         Ok(TracedStream {
             inner,
             trace: self.trace.clone(),
+            delayed: Some(DelayedReads {
+                server: address.ip(),
+                latency: self.latency.clone(),
+                held: VecDeque::new(),
+                end: None,
+                ended: false,
+                scratch: vec![0; 16 * 1024],
+                timer: None,
+            }),
         })
     }
 
@@ -81,6 +211,8 @@ impl Env for SimEnv {
             TracedStream {
                 inner,
                 trace: self.trace.clone(),
+                // Latency is injected once, on the connecting side.
+                delayed: None,
             },
             peer,
         ))

@@ -16,7 +16,7 @@ mod data;
 mod errno;
 mod intent;
 pub mod namespace;
-mod tasks;
+pub(crate) mod tasks;
 pub mod types;
 
 use std::collections::BTreeMap;

@@ -47,6 +47,8 @@ pub struct ClusterSpec {
     pub segment_bytes: Option<u64>,
     /// The cluster key; a fixed test key when `None`.
     pub key: Option<ClusterKey>,
+    /// Give every server a Prometheus endpoint (`--metrics`).
+    pub metrics: bool,
 }
 
 impl Default for ClusterSpec {
@@ -57,6 +59,7 @@ impl Default for ClusterSpec {
             allow_fault_injection: false,
             segment_bytes: None,
             key: None,
+            metrics: false,
         }
     }
 }
@@ -69,6 +72,11 @@ impl ClusterSpec {
 
     pub fn with_segment_bytes(mut self, bytes: u64) -> Self {
         self.segment_bytes = Some(bytes);
+        self
+    }
+
+    pub fn with_metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -91,6 +99,8 @@ struct Running {
 
 struct ServerProcess {
     address: SocketAddr,
+    /// Where its metrics endpoint listens, with `ClusterSpec::metrics`.
+    metrics: Option<SocketAddr>,
     data: PathBuf,
     log: PathBuf,
     running: Option<Running>,
@@ -163,9 +173,11 @@ impl TestCluster {
         for index in 0..count {
             let data = cluster.directory.path().join(format!("server-{index}"));
             let log = cluster.directory.path().join(format!("server-{index}.log"));
-            let (running, address) = cluster.launch(listen, &data, &log);
+            let metrics = cluster.spec.metrics.then(free_loopback_address);
+            let (running, address) = cluster.launch(listen, metrics, &data, &log);
             cluster.servers.push(ServerProcess {
                 address,
+                metrics,
                 data,
                 log,
                 running: Some(running),
@@ -198,7 +210,13 @@ impl TestCluster {
     }
 
     /// Start one server process and wait for its readiness line.
-    fn launch(&self, listen: SocketAddr, data: &Path, log: &Path) -> (Running, SocketAddr) {
+    fn launch(
+        &self,
+        listen: SocketAddr,
+        metrics: Option<SocketAddr>,
+        data: &Path,
+        log: &Path,
+    ) -> (Running, SocketAddr) {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -223,6 +241,9 @@ impl TestCluster {
         }
         if let Some(bytes) = self.spec.segment_bytes {
             command.arg("--segment-bytes").arg(bytes.to_string());
+        }
+        if let Some(address) = metrics {
+            command.arg("--metrics").arg(address.to_string());
         }
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent. It makes the
         // kernel kill the server if the test process dies without running destructors (for
@@ -277,6 +298,14 @@ impl TestCluster {
 
     pub fn key(&self) -> &ClusterKey {
         &self.key
+    }
+
+    /// One scrape of `server`'s metrics endpoint (the cluster must be started `with_metrics`).
+    pub fn metrics(&self, server: ServerIndex) -> String {
+        let address = self.servers[server]
+            .metrics
+            .expect("start the cluster with_metrics()");
+        scrape_metrics(address)
     }
 
     pub fn key_file(&self) -> &Path {
@@ -386,7 +415,12 @@ impl TestCluster {
             "server {server} is still running: kill or stop it first"
         );
         let process = &self.servers[server];
-        let (running, _) = self.launch(process.address, &process.data, &process.log);
+        let (running, _) = self.launch(
+            process.address,
+            process.metrics,
+            &process.data,
+            &process.log,
+        );
         self.servers[server].running = Some(running);
     }
 
@@ -680,7 +714,7 @@ pub async fn direct_record(client: &Client, server: ServerIndex, key: &[u8]) -> 
 
 pub async fn stats(client: &Client, server: ServerIndex) -> ServerStats {
     match call(client, server, Request::Stats).await {
-        Response::Stats(stats) => stats,
+        Response::Stats(stats) => *stats,
         other => panic!("Stats of server {server}: {other:?}"),
     }
 }
@@ -779,4 +813,40 @@ pub fn key_owned_where(
             return key;
         }
     }
+}
+
+/// A loopback address with a port free right now (for endpoints that must be known in advance).
+pub fn free_loopback_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    listener.local_addr().expect("a bound address")
+}
+
+/// `GET /metrics` from a Prometheus endpoint; the body of a 200 answer.
+pub fn scrape_metrics(address: SocketAddr) -> String {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(address).expect("connecting to metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: votefs\r\n\r\n")
+        .expect("sending a scrape");
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .expect("reading a scrape");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus exposition.
+pub fn metric_value(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{exposition}"))
+        .trim()
+        .parse()
+        .expect("a number")
 }
