@@ -11,27 +11,23 @@
 //! `VOTEFS_BENCH_QUICK=1` shrinks the work 10x for a smoke run.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use votefs::config::{write_key_file, BankConfig, ClusterConfig, ClusterFile};
+use votefs::config::ClusterConfig;
 use votefs::env::TokioEnv;
 use votefs::quorum::{ClientOptions, OpenMode, QuorumClient};
-use votefs::record::ClusterKey;
 
-const VOTEFS: &str = env!("CARGO_BIN_EXE_votefs");
-const BANKS: usize = 3;
-const SERVERS_PER_BANK: usize = 2;
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::{Cluster, BANKS, SERVERS_PER_BANK};
 /// Copies of every value: one owner per bank.
 const COPIES: usize = BANKS;
-/// How long a server may take to print its readiness line.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
@@ -52,129 +48,6 @@ struct Measured {
     elapsed: Duration,
     /// Put phase: the indices of the keys stored.
     stored: Vec<usize>,
-}
-
-/// The cluster's processes and files; dropping it kills every server, also during a panic.
-struct Cluster {
-    servers: Vec<(Child, BufReader<ChildStdout>)>,
-    config_path: PathBuf,
-    // Dropped after the servers are killed.
-    directory: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for (child, _stdout) in &mut self.servers {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            for index in 0..self.servers.len() {
-                let log = self.directory.path().join(format!("server-{index}.log"));
-                eprintln!("--- {} ---\n{}", log.display(), tail(&log, 20));
-            }
-        }
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-impl Cluster {
-    fn start() -> Self {
-        let directory = tempfile::Builder::new()
-            .prefix("votefs-bench-")
-            .tempdir()
-            .expect("creating a temporary directory");
-        let key_file = directory.path().join("cluster.key");
-        write_key_file(
-            &key_file,
-            &ClusterKey::from_bytes(*b"votefs loopback benchmark key 32"),
-        )
-        .expect("writing the key file");
-        let mut cluster = Cluster {
-            servers: Vec::new(),
-            config_path: directory.path().join("cluster.toml"),
-            directory,
-        };
-        let mut addresses = Vec::new();
-        for index in 0..BANKS * SERVERS_PER_BANK {
-            let address = cluster.launch(index, &key_file);
-            addresses.push(address);
-        }
-        let file = ClusterFile {
-            key_file: "cluster.key".into(),
-            banks: addresses
-                .chunks(SERVERS_PER_BANK)
-                .map(|bank| BankConfig {
-                    servers: bank.iter().map(ToString::to_string).collect(),
-                })
-                .collect(),
-        };
-        std::fs::write(&cluster.config_path, file.to_toml()).expect("writing cluster.toml");
-        cluster
-    }
-
-    /// Start server `index` and wait for its readiness line; returns its address.
-    fn launch(&mut self, index: usize, key_file: &Path) -> SocketAddr {
-        let data = self.directory.path().join(format!("server-{index}"));
-        let log = self.directory.path().join(format!("server-{index}.log"));
-        let log_file = File::create(&log).expect("creating a server log");
-        let mut command = Command::new(VOTEFS);
-        command
-            .arg("server")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(&data)
-            .arg("--key-file")
-            .arg(key_file)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log_file));
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent. The kernel kills
-        // the server if the benchmark dies without running destructors (SIGKILL, abort).
-        unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = command.spawn().expect("starting votefs server");
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        // Read the line on a helper thread so that a server that hangs fails the run.
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut stdout = stdout;
-            let mut line = String::new();
-            let read = stdout.read_line(&mut line);
-            let _ = sender.send((read.map(|_| line), stdout));
-        });
-        let (line, stdout) = match receiver.recv_timeout(READY_TIMEOUT) {
-            Ok((Ok(line), stdout)) => (line, Some(stdout)),
-            Ok((Err(error), _)) => (format!("<{error}>"), None),
-            Err(_) => (format!("<nothing in {READY_TIMEOUT:?}>"), None),
-        };
-        let address = line
-            .trim_end()
-            .strip_prefix("votefs server listening on ")
-            .and_then(|address| address.parse::<SocketAddr>().ok());
-        let (Some(address), Some(stdout)) = (address, stdout) else {
-            let _ = child.kill();
-            let status = child.wait();
-            panic!(
-                "votefs server {index} did not get ready ({line:?}, exit {status:?}); log:\n{}",
-                tail(&log, 40)
-            );
-        };
-        // Kept open so that the server never writes to a closed pipe.
-        self.servers.push((child, stdout));
-        address
-    }
 }
 
 fn quick() -> bool {
@@ -559,8 +432,8 @@ fn main() {
     let key = config.load_key().expect("loading the cluster key");
     eprintln!(
         "started {} servers in {}",
-        cluster.servers.len(),
-        cluster.directory.path().display()
+        BANKS * SERVERS_PER_BANK,
+        cluster.scratch_dir().display()
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -590,7 +463,7 @@ fn main() {
     });
     drop(runtime);
 
-    let reference_directory = cluster.directory.path().join("reference");
+    let reference_directory = cluster.scratch_dir().join("reference");
     std::fs::create_dir_all(&reference_directory).expect("creating the reference directory");
     let mut reference = Vec::new();
     for size in [4 * KIB, MIB] {

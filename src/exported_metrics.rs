@@ -94,6 +94,18 @@ pub fn render_server(stats: &ServerStats) -> String {
         stats.record_bytes_stored,
     )
     .counter(
+        "votefs_server_frame_bytes_received_total",
+        "Bytes of frames received, length prefixes included.",
+        &[],
+        stats.frame_bytes_received,
+    )
+    .counter(
+        "votefs_server_frame_bytes_sent_total",
+        "Bytes of frames sent, length prefixes included.",
+        &[],
+        stats.frame_bytes_sent,
+    )
+    .counter(
         "votefs_server_corrupt_entries_seen_total",
         "Stored entries that failed a check when read.",
         &[],

@@ -287,6 +287,9 @@ pub struct ServerStats {
     pub volume_report: Option<VolumeReport>,
     /// No volume yet (an empty data directory): a client will format it or make it join.
     pub blank: bool,
+    /// Bytes of frames received and sent after the handshake, length prefixes included.
+    pub frame_bytes_received: u64,
+    pub frame_bytes_sent: u64,
 }
 
 /// One bucket of a server's digests.

@@ -107,6 +107,8 @@ struct Counters {
     overloaded_answers: AtomicU64,
     record_bytes_sent: AtomicU64,
     record_bytes_stored: AtomicU64,
+    frame_bytes_received: AtomicU64,
+    frame_bytes_sent: AtomicU64,
 }
 
 /// Decrements the in-flight count however the handling ends.
@@ -211,6 +213,8 @@ impl<E: Env, D: Disk> Server<E, D> {
             tombstones_dropped: stats.tombstones_dropped,
             overloaded_answers: self.counters.overloaded_answers.load(Ordering::Relaxed),
             blank: meta.volume.is_none(),
+            frame_bytes_received: self.counters.frame_bytes_received.load(Ordering::Relaxed),
+            frame_bytes_sent: self.counters.frame_bytes_sent.load(Ordering::Relaxed),
             volume_report: self
                 .volume_report
                 .lock()
@@ -861,6 +865,7 @@ impl<E: Env, D: Disk> Server<E, D> {
         );
         let capacity = self.options.max_in_flight_per_connection;
         let (sender, mut receiver) = mpsc::channel::<Outgoing>(capacity);
+        let writer_server = self.clone();
         self.env.spawn(async move {
             let mut buffer = Vec::new();
             while let Some(first) = receiver.recv().await {
@@ -885,6 +890,10 @@ impl<E: Env, D: Disk> Server<E, D> {
                 if writer.write_all(&buffer).await.is_err() || writer.flush().await.is_err() {
                     return;
                 }
+                writer_server
+                    .counters
+                    .frame_bytes_sent
+                    .fetch_add(buffer.len() as u64, Ordering::Relaxed);
                 if reject {
                     let _ = writer.shutdown().await;
                     return;
@@ -900,7 +909,13 @@ impl<E: Env, D: Disk> Server<E, D> {
             )
             .await
             {
-                Ok(Ok(frame)) => frame,
+                Ok(Ok(frame)) => {
+                    // With its length prefix, as it crossed the network.
+                    self.counters
+                        .frame_bytes_received
+                        .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+                    frame
+                }
                 Ok(Err(FrameError::Closed)) => return Err(FrameError::Closed),
                 Ok(Err(error)) => {
                     // Oversized, truncated or unreadable: hostile or broken, counted either way.

@@ -116,7 +116,10 @@ fn the_command_line_works_and_fails_cleanly() {
     let output = run_votefs(&["status", "--cluster", config], None);
     let status = succeeded(&output, "status");
     assert_eq!(status.lines().count(), 1 + 6 + 1, "status:\n{status}");
-    assert!(status.lines().next().unwrap().contains("restarts"), "{status}");
+    assert!(
+        status.lines().next().unwrap().contains("restarts"),
+        "{status}"
+    );
     assert!(status.contains("no refresh has reported yet"), "{status}");
     for server in 0..cluster.server_count() {
         let address = cluster.address(server).to_string();
