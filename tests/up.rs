@@ -610,6 +610,25 @@ fn the_supervisor_restarts_a_killed_server() {
     assert_eq!(kv_get(&cluster_file, "survivor"), "still here");
     assert!(up.is_running(), "up died: {}", up.stderr_text());
 
+    // `votefs status` shows each restart count: one for the victims, none for the others.
+    let output = run_votefs(&[
+        "status",
+        "--cluster",
+        path_text(&cluster_file),
+        "--json",
+    ]);
+    let status: serde_json::Value =
+        serde_json::from_str(succeeded(&output, "status --json").trim()).expect("status JSON");
+    for (index, server) in status["servers"].as_array().unwrap().iter().enumerate() {
+        let victim = victims.contains(&(index / SERVERS_PER_BANK, index % SERVERS_PER_BANK));
+        assert_eq!(
+            server["restarts"],
+            u64::from(victim),
+            "server {index}: {status}"
+        );
+        assert_eq!(server["state"], "healthy", "server {index}: {status}");
+    }
+
     let status = up.stop();
     assert!(
         status.success(),

@@ -539,18 +539,59 @@ async fn final_checks(
     report: &mut FsRunReport,
     mounts: u8,
 ) {
-    let client = current.client.clone();
-    let scrubbed = current
-        .node
-        .spawn(async move { votefs::scrub::scrub_pass(&client).await })
-        .await;
-    if !matches!(scrubbed, Ok(Ok(_))) {
-        report
-            .failures
-            .push(format!("the refresh pass failed: {scrubbed:?}"));
-        return;
-    }
+    // Once the faults stop, one pass of the real scrubber must bring every copy in step: the
+    // pass settles every key, and then every bank holds the same entries. The mount is stopped
+    // first (its writes still on the way land during the pause), so nothing writes meanwhile.
     Handle::current().kill(current.node.id());
+    env.sleep(Duration::from_secs(1)).await;
+    let (placement, key) = {
+        let cluster = cluster.lock().unwrap();
+        (cluster.placement.clone(), cluster.cluster_key.clone())
+    };
+    let checker = Handle::current()
+        .create_node()
+        .name("refresh-checker")
+        .ip(IpAddr::V4(Ipv4Addr::new(10, 4, 0, 1)))
+        .build();
+    let task_env = env.clone();
+    let scrubbed = checker
+        .spawn(async move {
+            let client = QuorumClient::open(
+                task_env,
+                placement,
+                key,
+                client_options(None),
+                OpenMode::Writer,
+            )
+            .await
+            .map_err(|error| format!("cannot open the volume: {error}"))?;
+            let pass = votefs::scrub::scrub_pass(&client)
+                .await
+                .map_err(|error| format!("the pass failed: {error}"))?;
+            let digests_differ = crate::run::compare_bank_digests(&client).await;
+            Ok::<_, String>((pass, digests_differ))
+        })
+        .await;
+    Handle::current().kill(checker.id());
+    match scrubbed {
+        Ok(Ok((pass, digests_differ))) => {
+            if !pass.is_complete() {
+                report.failures.push(format!(
+                    "one refresh pass after the faults did not settle every copy: {pass:?}"
+                ));
+            }
+            report.failures.extend(digests_differ);
+            if !report.failures.is_empty() {
+                return;
+            }
+        }
+        other => {
+            report
+                .failures
+                .push(format!("the refresh pass failed: {other:?}"));
+            return;
+        }
+    }
     let (fresh, _) = match mount(env, cluster, mounts, None).await {
         Ok(mounted) => mounted,
         Err(why) => {

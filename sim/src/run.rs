@@ -850,7 +850,7 @@ async fn final_checks(world: Arc<World>) -> (Vec<String>, Sometimes) {
 }
 
 /// Every bank holds the same entries: the XOR of each bank's servers' digests is equal.
-async fn compare_bank_digests(client: &QuorumClient<SimEnv>) -> Vec<String> {
+pub(crate) async fn compare_bank_digests(client: &QuorumClient<SimEnv>) -> Vec<String> {
     let placement = client.placement().clone();
     let mut digests = BTreeMap::new();
     for server in 0..placement.server_count() {
@@ -872,13 +872,43 @@ async fn compare_bank_digests(client: &QuorumClient<SimEnv>) -> Vec<String> {
     let banks = votefs::scrub::bank_digests(&placement, &digests);
     let differing = votefs::scrub::differing_buckets(&banks);
     if differing.is_empty() {
-        Vec::new()
-    } else {
-        vec![format!(
-            "after a complete pass, the banks' digests still differ in {} buckets",
-            differing.len()
-        )]
+        return Vec::new();
     }
+    // Name a few of the keys whose copies differ, with every server's listing of them.
+    let mut copies: BTreeMap<Vec<u8>, Vec<String>> = BTreeMap::new();
+    for server in 0..placement.server_count() {
+        let request = Request::BucketEntries {
+            volume: client.volume(),
+            buckets: differing.clone(),
+            start_after: None,
+            limit: 4096,
+        };
+        if let Ok(Response::Listing { entries, .. }) = client.call_server(server, request).await {
+            for entry in entries {
+                copies.entry(entry.key.clone()).or_default().push(format!(
+                    "server {server}: {}{} tag {:02x}{:02x}",
+                    entry.version,
+                    if entry.tombstone { " (tombstone)" } else { "" },
+                    entry.tag[0],
+                    entry.tag[1]
+                ));
+            }
+        }
+    }
+    let examples: Vec<String> = copies
+        .iter()
+        .filter(|(key, listed)| {
+            listed.len() != placement.owners(key).len()
+                || listed.iter().any(|line| line.split_once(':').map(|(_, rest)| rest) != listed[0].split_once(':').map(|(_, rest)| rest))
+        })
+        .take(5)
+        .map(|(key, listed)| format!("{} [{}]", display_key(key), listed.join(", ")))
+        .collect();
+    vec![format!(
+        "after a complete pass, the banks' digests still differ in {} buckets: {}",
+        differing.len(),
+        examples.join("; ")
+    )]
 }
 
 /// Record value bytes all servers sent and stored so far.
