@@ -821,7 +821,6 @@ impl<E: Env> QuorumClient<E> {
         }
     }
 
-    /// The planted bug this client runs with (only the simulator's self-test sets one).
     /// The environment this client runs in (clock, tasks, randomness).
     pub fn env(&self) -> &E {
         &self.inner.env
@@ -832,6 +831,7 @@ impl<E: Env> QuorumClient<E> {
         self.inner.epoch != 0 && self.inner.creates_versions
     }
 
+    /// The planted bug this client runs with (only the simulator's self-test sets one).
     pub fn planted_bug(&self) -> Option<PlantedBug> {
         self.inner.options.planted_bug
     }

@@ -611,12 +611,7 @@ fn the_supervisor_restarts_a_killed_server() {
     assert!(up.is_running(), "up died: {}", up.stderr_text());
 
     // `votefs status` shows each restart count: one for the victims, none for the others.
-    let output = run_votefs(&[
-        "status",
-        "--cluster",
-        path_text(&cluster_file),
-        "--json",
-    ]);
+    let output = run_votefs(&["status", "--cluster", path_text(&cluster_file), "--json"]);
     let status: serde_json::Value =
         serde_json::from_str(succeeded(&output, "status --json").trim()).expect("status JSON");
     for (index, server) in status["servers"].as_array().unwrap().iter().enumerate() {

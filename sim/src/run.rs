@@ -899,7 +899,10 @@ pub(crate) async fn compare_bank_digests(client: &QuorumClient<SimEnv>) -> Vec<S
         .iter()
         .filter(|(key, listed)| {
             listed.len() != placement.owners(key).len()
-                || listed.iter().any(|line| line.split_once(':').map(|(_, rest)| rest) != listed[0].split_once(':').map(|(_, rest)| rest))
+                || listed.iter().any(|line| {
+                    line.split_once(':').map(|(_, rest)| rest)
+                        != listed[0].split_once(':').map(|(_, rest)| rest)
+                })
         })
         .take(5)
         .map(|(key, listed)| format!("{} [{}]", display_key(key), listed.join(", ")))
