@@ -100,7 +100,6 @@ fn comparison_options() -> ComparisonOptions {
 struct Mount {
     node: NodeHandle,
     target: Arc<PathTarget<SimEnv>>,
-    client: QuorumClient<SimEnv>,
 }
 
 /// Open the volume as its writer on a fresh client node and mount the file system there.
@@ -147,7 +146,7 @@ async fn mount(
                                 refresh_loop(scrubber, REFRESH_INTERVAL, REFRESH_REPORT_INTERVAL)
                                     .await;
                             });
-                            return Ok((fs, client, report));
+                            return Ok((fs, report));
                         }
                         Err(errno) => last_error = format!("file system: {errno}"),
                     },
@@ -159,12 +158,11 @@ async fn mount(
         })
         .await
         .map_err(|error| format!("the mount node died: {error}"))??;
-    let (fs, client, report) = opened;
+    let (fs, report) = opened;
     Ok((
         Mount {
             node,
             target: Arc::new(PathTarget::new(fs)),
-            client,
         },
         report,
     ))
