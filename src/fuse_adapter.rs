@@ -218,6 +218,12 @@ fn name_bytes(name: &OsStr) -> Vec<u8> {
     name.as_bytes().to_vec()
 }
 
+/// The kernel hands a FUSE file system every attribute name, whatever its namespace; a local
+/// file system refuses unknown namespaces (EOPNOTSUPP) before asking anyone, and so does this.
+fn check_namespace(name: &[u8]) -> Result<(), FuseErrno> {
+    crate::verify::model::check_xattr_namespace(name).map_err(|errno| fuse_errno(Errno(errno.0)))
+}
+
 fn reply_entry(reply: ReplyEntry, result: Result<Inode, Errno>) {
     match result {
         Ok(inode) => reply.entry(&ATTRIBUTE_TTL, &file_attributes(&inode), Generation(0)),
@@ -629,6 +635,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         let name = name_bytes(name);
+        if let Err(errno) = check_namespace(&name) {
+            reply.error(errno);
+            return;
+        }
         let value = value.to_vec();
         self.spawn("setxattr", |fs| async move {
             reply_empty(
@@ -647,6 +657,10 @@ impl Filesystem for FuseAdapter {
         reply: ReplyXattr,
     ) {
         let name = name_bytes(name);
+        if let Err(errno) = check_namespace(&name) {
+            reply.error(errno);
+            return;
+        }
         self.spawn("getxattr", |fs| async move {
             reply_xattr(reply, size, fs.get_extended_attribute(ino.0, &name).await)
         });
@@ -668,6 +682,10 @@ impl Filesystem for FuseAdapter {
 
     fn removexattr(&self, _request: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = name_bytes(name);
+        if let Err(errno) = check_namespace(&name) {
+            reply.error(errno);
+            return;
+        }
         self.spawn("removexattr", |fs| async move {
             reply_empty(reply, fs.remove_extended_attribute(ino.0, &name).await)
         });

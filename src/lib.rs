@@ -30,4 +30,5 @@ pub mod scrub;
 pub mod server;
 pub mod server_choice;
 pub mod store;
+pub mod tee;
 pub mod verify;

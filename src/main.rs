@@ -162,6 +162,39 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// The same file-system operations on a reference directory and on a target (a votefs
+    /// mount); every response is compared by field class (data, sizes, names, kinds, modes, link
+    /// counts, link targets and errnos exactly; times within 2 s; inode numbers, blocks and
+    /// directory order not at all). Exits 1 when anything diverged, after writing the operations
+    /// up to the first divergence to a replay file.
+    Tee {
+        /// The reference directory (for example a directory on ext4 or tmpfs).
+        #[arg(long)]
+        reference: PathBuf,
+        /// The directory under test (for example a votefs mount point).
+        #[arg(long)]
+        target: PathBuf,
+        /// Seed of the generated operations.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How many operations to generate.
+        #[arg(long, default_value_t = 1000)]
+        ops: usize,
+        /// Write the operations to this file (one JSON object per line) for --replay.
+        #[arg(long, conflicts_with = "replay")]
+        record: Option<PathBuf>,
+        /// Apply the operations of a file written by --record instead of generating them.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// First make the target a copy of the reference: what the target holds is removed, then
+        /// the reference's directories, files (contents and modes) and symbolic links are copied
+        /// (not extended attributes or times).
+        #[arg(long)]
+        sync: bool,
+        /// Where to write the operations up to the first divergence.
+        #[arg(long, default_value = "tee-divergence.jsonl")]
+        divergence_trace: PathBuf,
+    },
     /// Damage one server's copy of a key (the server must allow fault injection).
     Inject {
         #[arg(long)]
@@ -325,6 +358,38 @@ async fn run(command: Command) -> Result<ExitCode> {
         Command::Kv { action } => run_kv(action).await,
         Command::Status { cluster, json } => status(&cluster, json).await,
         Command::Scrub { cluster, no_deep } => scrub(&cluster, !no_deep).await,
+        Command::Tee {
+            reference,
+            target,
+            seed,
+            ops,
+            record,
+            replay,
+            sync,
+            divergence_trace,
+        } => {
+            let options = votefs::tee::TeeOptions {
+                reference,
+                target,
+                source: match replay {
+                    Some(path) => votefs::tee::Source::Replay(path),
+                    None => votefs::tee::Source::Generated { seed, count: ops },
+                },
+                record,
+                sync,
+                divergence_trace,
+            };
+            // Blocking system calls, one after another: off the async workers.
+            let outcome = tokio::task::spawn_blocking(move || votefs::tee::tee(&options))
+                .await
+                .context("the tee task failed")??;
+            print!("{}", votefs::tee::render(&outcome));
+            Ok(if outcome.report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Dump {
             cluster,
             server,

@@ -90,6 +90,28 @@ fn acceptance_list_as_a_user_types_it() {
         "{}",
         String::from_utf8_lossy(&cat.stderr)
     );
+    // Extended attributes outside the user, trusted and security namespaces are refused as a
+    // local file system refuses them (found by `votefs tee` against ext4).
+    let path = std::ffi::CString::new(root.join("ji").as_os_str().as_encoded_bytes()).unwrap();
+    let mut buffer = [0u8; 64];
+    for name in [&b"nonsense.name\0"[..], b"user.absent\0"] {
+        // SAFETY: valid C strings and a buffer of the length given.
+        let result = unsafe {
+            libc::getxattr(
+                path.as_ptr(),
+                name.as_ptr().cast(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+            )
+        };
+        let errno = std::io::Error::last_os_error().raw_os_error();
+        let expected = if name.starts_with(b"user.") {
+            libc::ENODATA
+        } else {
+            libc::EOPNOTSUPP
+        };
+        assert_eq!((result, errno), (-1, Some(expected)), "{name:?}");
+    }
     mounted.stop().expect("unmounting");
 }
 

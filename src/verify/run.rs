@@ -19,6 +19,9 @@ pub struct DivergentOperation {
     pub index: usize,
     pub operation: Operation,
     pub divergences: Vec<Divergence>,
+    /// Both whole responses, for the report.
+    pub reference_response: Response,
+    pub target_response: Response,
 }
 
 /// What a run found.
@@ -124,6 +127,8 @@ fn collect(
                 index,
                 operation,
                 divergences,
+                reference_response: expected,
+                target_response: actual,
             });
         }
     }
