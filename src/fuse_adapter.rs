@@ -290,20 +290,27 @@ impl Filesystem for FuseAdapter {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        // A size change through an open file (ftruncate, open with O_TRUNC) marks the file
+        // modified even when the size stays the same, as on a local file system; the kernel
+        // does not always say so. truncate(2) by path changes mtime only with the size.
+        let mtime = match (mtime, size, fh) {
+            (None, Some(_), Some(_)) => Some(TimeChange::Now),
+            (mtime, _, _) => mtime.map(time_change),
+        };
         let changes = AttributeChanges {
             permissions: mode.map(|mode| mode & 0o7777),
             uid,
             gid,
             size,
             atime: atime.map(time_change),
-            mtime: mtime.map(time_change),
+            mtime,
             ctime: ctime.map(timestamp),
         };
         self.spawn("setattr", |fs| async move {

@@ -144,6 +144,9 @@ pub async fn mount_and_serve(
         fuser::MountOption::Suid,
         fuser::MountOption::Dev,
         fuser::MountOption::Exec,
+        // Reads never update access times here (a replicated write per read would cost more than
+        // it is worth); saying so lets the kernel and tools such as `votefs tee` know.
+        fuser::MountOption::NoAtime,
     ];
     let acl = if options.allow_other {
         mount_options.push(fuser::MountOption::CUSTOM("allow_other".into()));

@@ -36,6 +36,8 @@ pub struct TeeOptions {
 /// What a run found, and where the replay file of its first divergence is.
 pub struct TeeOutcome {
     pub report: Report,
+    /// False when either tree is mounted `noatime`.
+    pub compared_access_times: bool,
     pub divergence_trace: Option<PathBuf>,
 }
 
@@ -132,6 +134,19 @@ fn open_tree(path: &Path, role: &str) -> Result<RealDirectory> {
     RealDirectory::open(path).with_context(|| format!("cannot open the {role} {}", path.display()))
 }
 
+/// Whether the file system holding `path` is mounted `noatime`: reads there never update access
+/// times, so they cannot agree with a tree whose reads do.
+fn mounted_noatime(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a valid C string and a zeroed statvfs the call fills; the result is checked.
+    let mut status: libc::statvfs = unsafe { std::mem::zeroed() };
+    let result = unsafe { libc::statvfs(path.as_ptr(), &mut status) };
+    result == 0 && status.f_flag & libc::ST_NOATIME != 0
+}
+
 /// Apply the operations to both trees and compare every response.
 pub fn tee(options: &TeeOptions) -> Result<TeeOutcome> {
     let reference = open_tree(&options.reference, "reference")?;
@@ -149,11 +164,16 @@ pub fn tee(options: &TeeOptions) -> Result<TeeOutcome> {
     if let Some(path) = &options.record {
         write_trace(path, &operations)?;
     }
+    let compare_access_times =
+        !mounted_noatime(&options.reference) && !mounted_noatime(&options.target);
     let report = run(
         |operation| reference.apply(operation),
         |operation| target.apply(operation),
         operations.iter().cloned(),
-        &ComparisonOptions::default(),
+        &ComparisonOptions {
+            compare_access_times,
+            ..ComparisonOptions::default()
+        },
     );
     let divergence_trace = match report.first_divergence() {
         Some(first) => {
@@ -165,6 +185,7 @@ pub fn tee(options: &TeeOptions) -> Result<TeeOutcome> {
     };
     Ok(TeeOutcome {
         report,
+        compared_access_times: compare_access_times,
         divergence_trace,
     })
 }
@@ -176,6 +197,9 @@ pub fn render(outcome: &TeeOutcome) -> String {
         "{} operations, {} succeeded on the reference, {} diverged\n",
         report.operations, report.reference_successes, report.divergent_operation_count
     );
+    if !outcome.compared_access_times {
+        text.push_str("access times not compared: a tree is mounted noatime\n");
+    }
     for divergent in &report.divergent_operations {
         text.push_str(&format!(
             "operation {}: {}\n  reference: {:?}\n  target:    {:?}\n",
