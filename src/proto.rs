@@ -166,6 +166,13 @@ pub enum Request {
         volume: VolumeId,
         tombstones: Vec<(ByteBuf, Version)>,
     },
+    /// Forget this server's copy of `key` if it is still unusable (damaged or lost): every owner
+    /// that can vote found the key absent, so there is nothing to repair it with, and the copy
+    /// would otherwise keep its bucket's digest different forever.
+    ForgetUnusable {
+        volume: VolumeId,
+        key: ByteBuf,
+    },
     /// What the volume's refresh knows (heal backlog, passes, repairs), kept in memory so that
     /// `votefs status` can show it from any server. A server keeps the latest report.
     ReportVolume {

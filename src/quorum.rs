@@ -1221,7 +1221,19 @@ impl<E: Env> QuorumClient<E> {
         };
         let Some(record) = winner.clone() else {
             // Absent everywhere that can vote. Owners that cannot vote (recovering, corrupt) hold
-            // nothing a reader could see: there is nothing to give them.
+            // nothing a reader could see: there is nothing to give them, and their unusable
+            // copies are forgotten (only if still unusable when the request arrives).
+            for (server, answer) in &answers {
+                if matches!(answer, Answer::Corrupt | Answer::Recovering) {
+                    let request = Request::ForgetUnusable {
+                        volume: inner.volume,
+                        key: serde_bytes::ByteBuf::from(key.to_vec()),
+                    };
+                    let _ = inner.links[*server]
+                        .call(inner.next_request_id(), request)
+                        .await;
+                }
+            }
             let stuck = answers
                 .iter()
                 .filter(|(_, answer)| matches!(answer, Answer::Failed(_)))

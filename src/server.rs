@@ -692,6 +692,13 @@ impl<E: Env, D: Disk> Server<E, D> {
                     Err(error) => self.fail(error),
                 }
             }
+            Request::ForgetUnusable { volume, key } => {
+                if let Some(answer) = Self::refusal(&meta, volume) {
+                    return answer;
+                }
+                self.store.forget_unusable(&key).await;
+                Response::Done
+            }
             Request::ReportVolume { volume, report } => {
                 if let Some(answer) = Self::refusal(&meta, volume) {
                     return answer;

@@ -954,6 +954,23 @@ impl<D: Disk> Store<D> {
         Ok(progress)
     }
 
+    /// Forget this store's copy of `key` if it is damaged or lost. Returns whether it did. Nothing
+    /// is logged: after a restart the unusable copy may be back, and is forgotten again.
+    pub async fn forget_unusable(&self, key: &[u8]) -> bool {
+        let mut state = self.state.lock().await;
+        let unusable = matches!(
+            state.index.get(key),
+            Some(Slot::Lost { .. } | Slot::Stored { damaged: true, .. })
+        );
+        if !unusable {
+            return false;
+        }
+        let slot = state.index.remove(key).expect("checked above");
+        state.digests.remove(key, slot.digest_state());
+        state.remove_live(slot.location());
+        true
+    }
+
     /// Forget each listed tombstone that this store holds exactly, healthy, from an epoch older
     /// than `promised_epoch`. Returns how many were dropped.
     pub async fn drop_tombstones(&self, tombstones: &[(Vec<u8>, Version)]) -> u64 {
