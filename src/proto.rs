@@ -114,13 +114,6 @@ pub enum Request {
         limit: u32,
     },
     Stats,
-    /// Every key this server has an entry for, damaged and lost copies included, whatever the
-    /// server's state (for the scrubber, which must find every key, on recovering servers too).
-    Keys {
-        volume: VolumeId,
-        start_after: Option<Vec<u8>>,
-        limit: u32,
-    },
     /// A complete scrub pass refilled this server since it became recovering in generation
     /// `recovery_generation`: it may vote on absence again.
     MarkHealthy {

@@ -550,7 +550,7 @@ impl<E: Env> Scrubber<E> {
                 keys_total,
             });
             let client = self.client.clone();
-            let results = crate::fs::tasks::fan_out(&env, batch.to_vec(), batch_size, |key| {
+            let results = crate::env::fan_out(&env, batch.to_vec(), batch_size, |key| {
                 let client = client.clone();
                 let down = down.clone();
                 async move {

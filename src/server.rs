@@ -594,18 +594,6 @@ impl<E: Env, D: Disk> Server<E, D> {
                     None => Response::Recovering,
                 }
             }
-            Request::Keys {
-                volume,
-                start_after,
-                limit,
-            } => {
-                if let Some(answer) = Self::refusal(&meta, volume) {
-                    return answer;
-                }
-                let limit = limit.clamp(1, MAX_LIST_ENTRIES) as usize;
-                let (entries, complete) = self.store.keys(start_after.as_deref(), limit).await;
-                Response::Listing { entries, complete }
-            }
             Request::MarkHealthy {
                 volume,
                 recovery_generation,

@@ -802,45 +802,6 @@ impl<D: Disk> Store<D> {
         Some((entries, true))
     }
 
-    /// Every key this store has an entry for, in whatever state, after `start_after`.
-    pub async fn keys(&self, start_after: Option<&[u8]>, limit: usize) -> (Vec<ListEntry>, bool) {
-        let state = self.state.lock().await;
-        let start = match start_after {
-            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut entries = Vec::new();
-        for (key, slot) in state.index.range((start, std::ops::Bound::Unbounded)) {
-            if entries.len() >= limit {
-                return (entries, false);
-            }
-            // Every key, damaged and lost copies included: the scrubber uses this listing to
-            // find keys, and a key whose only listed copy was skipped for being damaged would
-            // never be examined, letting a recovering server heal without it.
-            let entry = match slot {
-                Slot::Stored {
-                    version,
-                    tombstone,
-                    tag,
-                    ..
-                } => ListEntry {
-                    key: key.clone(),
-                    version: *version,
-                    tombstone: *tombstone,
-                    tag: *tag,
-                },
-                Slot::Lost { .. } => ListEntry {
-                    key: key.clone(),
-                    version: Version::default(),
-                    tombstone: false,
-                    tag: [0; crate::record::TAG_BYTES],
-                },
-            };
-            entries.push(entry);
-        }
-        (entries, true)
-    }
-
     /// The per-bucket digests of everything this store holds.
     pub async fn digests(&self) -> Vec<BucketDigest> {
         self.state.lock().await.digests.buckets().to_vec()

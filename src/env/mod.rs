@@ -4,6 +4,7 @@
 //! provides its own implementation over madsim. Streams are tokio `AsyncRead + AsyncWrite`, so the
 //! framing and serving code is byte-for-byte the same in both worlds.
 
+mod fan_out;
 pub mod tokio_env;
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use fan_out::fan_out;
 pub use tokio_env::TokioEnv;
 
 /// Resource use of the current process, for server statistics.

@@ -10,11 +10,11 @@
 //! raised (and stored) before any chunk beyond it is written. Whenever a file grows, the bytes
 //! between the old size and the new data are zeroed first.
 
-use super::tasks::fan_out;
 use super::types::{
     keys, FileKind, Inode, InodeNumber, IntentStep, CHUNK_BYTES, INLINE_LIMIT_BYTES,
 };
 use super::{io_error, Errno, FileState, FileSystem, FAN_OUT};
+use crate::env::fan_out;
 use crate::env::Env;
 
 /// Chunks a file buffers before a write stores them (8 MiB).

@@ -9,9 +9,9 @@
 
 use crate::record::Version;
 
-use super::tasks::fan_out;
 use super::types::{keys, Intent, IntentStep};
 use super::{decode, encode, io_error, Errno, FileSystem, NamespaceState, FAN_OUT};
+use crate::env::fan_out;
 use crate::env::Env;
 
 /// One record write a step stands for: the key and its new value (`None` deletes it).

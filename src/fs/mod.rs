@@ -16,7 +16,7 @@ mod data;
 mod errno;
 mod intent;
 pub mod namespace;
-pub(crate) mod tasks;
+mod tasks;
 pub mod types;
 
 use std::collections::BTreeMap;

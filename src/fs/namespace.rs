@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 
 use crate::env::Env;
 
-use super::tasks::fan_out;
 use super::types::{
     keys, DirectoryEntry, FileKind, Inode, InodeNumber, IntentStep, NAME_MAX_BYTES,
     SYMLINK_MAX_BYTES, XATTR_NAME_MAX_BYTES, XATTR_TOTAL_BYTES,
@@ -15,6 +14,7 @@ use super::{
     decode, encode, io_error, AttributeChanges, Caller, Errno, FileSystem, RenameMode, TimeChange,
     FAN_OUT, ROOT_INODE,
 };
+use crate::env::fan_out;
 
 /// Directory entries fetched per page of a listing.
 pub const DIRECTORY_PAGE_ENTRIES: u32 = 512;
