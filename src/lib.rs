@@ -9,6 +9,7 @@
 //! operating system directly.
 
 pub mod admin;
+pub mod chaos;
 pub mod config;
 pub mod digest;
 pub mod disk;

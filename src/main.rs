@@ -195,6 +195,46 @@ enum Command {
         #[arg(long, default_value = "tee-divergence.jsonl")]
         divergence_trace: PathBuf,
     },
+    /// While a workload runs on the mount of a `votefs up` cluster, inject a fault every
+    /// --every (kill a server, restart it empty, corrupt records on its disk, pause it), never
+    /// more than one bank's worth at a time; measure throughput every second; then wait for the
+    /// cluster to heal, check the workload's data and write chaos.csv, chaos.svg and chaos.json.
+    /// Exits non-zero on any mismatch, any failed operation within the envelope, a failed
+    /// workload or a cluster that did not heal.
+    Chaos {
+        /// The cluster.toml in the data directory of a running `votefs up`.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// The mount point; by default the one `votefs up` wrote into its data directory.
+        #[arg(long)]
+        mount: Option<PathBuf>,
+        /// Time between two faults, e.g. 30s.
+        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        every: Duration,
+        /// How long the workload runs, e.g. 5m.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        duration: Duration,
+        /// fsx (data checked on every read), dbench (load only) or copy (built in: files with
+        /// recorded checksums, re-read all along and at the end).
+        #[arg(long, default_value = "fsx")]
+        workload: String,
+        /// Seed of the fault choices (and of the workload); random and printed by default.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Directory for chaos.csv, chaos.svg and chaos.json.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Let faults hit a second bank before the cluster healed: failed operations (EIO) are
+        /// then expected, wrong data still never.
+        #[arg(long)]
+        beyond_envelope: bool,
+        /// The fault kinds to draw from, comma-separated.
+        #[arg(long, default_value = "kill,restart-empty,corrupt,pause")]
+        faults: String,
+        /// How long the cluster may take to be healthy, before the run and after it.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        heal_timeout: Duration,
+    },
     /// Damage one server's copy of a key (the server must allow fault injection).
     Inject {
         #[arg(long)]
@@ -396,6 +436,43 @@ async fn run(command: Command) -> Result<ExitCode> {
             key,
         } => dump(&cluster, server, key).await,
         Command::Fsck { cluster, repair } => fsck(&cluster, repair).await,
+        Command::Chaos {
+            cluster,
+            mount,
+            every,
+            duration,
+            workload,
+            seed,
+            out,
+            beyond_envelope,
+            faults,
+            heal_timeout,
+        } => {
+            // Parsed here rather than by clap, so that a bad name gets the usual one-line error.
+            let workload = votefs::chaos::workload::WorkloadKind::parse(&workload)
+                .map_err(|message| anyhow!(message))?;
+            let faults = votefs::chaos::faults::FaultKind::parse_list(&faults)
+                .map_err(|message| anyhow!(message))?;
+            let options = votefs::chaos::ChaosOptions {
+                cluster_file: cluster,
+                mountpoint: mount,
+                every,
+                duration,
+                workload,
+                seed,
+                out_dir: out,
+                beyond_envelope,
+                fault_kinds: faults,
+                heal_timeout,
+            };
+            let summary = votefs::chaos::run(options).await?;
+            print!("{}", votefs::chaos::summary::render(&summary));
+            Ok(if summary.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Inject {
             cluster,
             server,
@@ -458,7 +535,16 @@ async fn up(
     let cluster = LocalCluster::start(prepared, options).await?;
     let result = match mount {
         Some((mountpoint, options)) => {
-            mount_and_serve(cluster.config(), &mountpoint, options, shutdown).await
+            // Where `votefs chaos` finds the mount without being told.
+            let record = cluster.data_dir().join(votefs::chaos::MOUNTPOINT_FILE_NAME);
+            let absolute = mountpoint.canonicalize().unwrap_or(mountpoint.clone());
+            let text = absolute.as_os_str().as_encoded_bytes();
+            if let Err(error) = std::fs::write(&record, [text, b"\n"].concat()) {
+                tracing::warn!("cannot write {}: {error}", record.display());
+            }
+            let served = mount_and_serve(cluster.config(), &mountpoint, options, shutdown).await;
+            let _ = std::fs::remove_file(&record);
+            served
         }
         None => {
             eprintln!("cluster file: {}", cluster.cluster_file().display());
