@@ -254,6 +254,11 @@ impl Filesystem for FuseAdapter {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_MAX_PAGES);
         let _ = config.set_max_write(MAX_WRITE_BYTES);
         let _ = config.set_max_readahead(MAX_WRITE_BYTES);
+        // The kernel's page cache takes writes and sends them here in large pieces at write-back,
+        // fsync or close, instead of one round trip per write(2). The mount is the volume's only
+        // writer, so the kernel may trust its own sizes and times; fsync still stores everything
+        // on a majority before it answers.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE);
         Ok(())
     }
 

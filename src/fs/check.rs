@@ -213,6 +213,8 @@ impl<E: Env> FileSystem<E> {
     }
 
     async fn find_problems(&self) -> Result<Vec<Problem>, Errno> {
+        // The walk reads records from the servers: they must hold every step first.
+        self.settle(b"").await?;
         let mut problems = Vec::new();
         let mut references: BTreeMap<InodeNumber, u32> = BTreeMap::new();
         let mut subdirectories: BTreeMap<InodeNumber, u32> = BTreeMap::new();

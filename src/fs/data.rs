@@ -175,6 +175,8 @@ impl<E: Env> FileSystem<E> {
         for (position, index) in indexes.iter().enumerate() {
             if *index >= stored_end {
                 results.push(Some(Vec::new()));
+            } else if let Some(pending) = self.pending_value(&keys::chunk(ino, *index)) {
+                results.push(Some(pending.unwrap_or_default()));
             } else if let Some(data) = cache.lock().unwrap().get(ino, *index) {
                 results.push(Some(data));
             } else {
@@ -432,28 +434,14 @@ impl<E: Env> FileSystem<E> {
 
     /// Store chunk buffers concurrently (an empty buffer deletes its chunk).
     async fn store_chunks(&self, ino: InodeNumber, chunks: &[(u64, Vec<u8>)]) -> Result<(), Errno> {
-        let client = self.shared.client.clone();
-        let results = fan_out(
-            &self.shared.env,
-            chunks.to_vec(),
-            FAN_OUT,
-            move |(index, buffer)| {
-                let client = client.clone();
-                async move {
-                    let key = keys::chunk(ino, index);
-                    if buffer.is_empty() {
-                        client.delete(&key).await.map(|_| ())
-                    } else {
-                        client.put(&key, &buffer).await.map(|_| ())
-                    }
-                }
-            },
-        )
-        .await;
-        match results.into_iter().find_map(Result::err) {
-            Some(error) => Err(io_error(error)),
-            None => Ok(()),
-        }
+        let writes = chunks
+            .iter()
+            .map(|(index, buffer)| {
+                let value = (!buffer.is_empty()).then(|| buffer.clone());
+                (keys::chunk(ino, *index), value)
+            })
+            .collect();
+        self.write_directly(writes).await
     }
 
     /// Change a file's size (the caller holds the namespace lock and the file's lock). Like a

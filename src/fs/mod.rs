@@ -15,6 +15,7 @@ pub mod check;
 mod data;
 mod errno;
 mod intent;
+mod ledger;
 pub mod namespace;
 mod tasks;
 pub mod types;
@@ -26,12 +27,11 @@ use tokio::sync::Mutex as AsyncMutex;
 
 use crate::env::Env;
 use crate::quorum::{QuorumClient, QuorumError};
-use crate::record::Version;
 
 pub use errno::Errno;
 pub use types::{DirectoryEntry, FileKind, Inode, InodeNumber, Timestamp, ROOT_INODE};
 
-use types::{keys, Intent, Superblock, CHUNK_BYTES, LAYOUT_VERSION};
+use types::{keys, Superblock, CHUNK_BYTES, LAYOUT_VERSION};
 
 /// Inode numbers reserved in the superblock at a time.
 const INODE_RESERVATION: u64 = 1024;
@@ -143,8 +143,8 @@ impl CachedInode {
 
 #[derive(Default)]
 struct NamespaceState {
-    /// An intent whose steps did not all apply: it is redone before the next namespace operation.
-    pending_intent: Option<(Intent, Version)>,
+    /// The intent slot the last operation's intent went to.
+    last_intent_slot: usize,
     next_inode: InodeNumber,
     reserved_end: InodeNumber,
 }
@@ -157,6 +157,10 @@ struct Shared<E: Env> {
     clean_chunks: StdMutex<tasks::ChunkCache>,
     entries: StdMutex<tasks::EntryCache>,
     handles: StdMutex<BTreeMap<u64, InodeNumber>>,
+    /// Steps of stored intents not applied yet (see [`ledger`]).
+    ledger: StdMutex<ledger::StepLedger>,
+    /// Signalled whenever a write recorded in the ledger finishes.
+    ledger_changed: tokio::sync::Notify,
     next_handle: std::sync::atomic::AtomicU64,
     /// Simulator only: record writes of multi-record operations left before one never finishes
     /// (negative: never). See [`FileSystem::stall_after_writes`].
@@ -214,6 +218,8 @@ impl<E: Env> FileSystem<E> {
             clean_chunks: StdMutex::new(tasks::ChunkCache::new(CLEAN_CHUNK_CACHE_CAPACITY)),
             entries: StdMutex::new(tasks::EntryCache::new(ENTRY_CACHE_CAPACITY)),
             handles: StdMutex::new(BTreeMap::new()),
+            ledger: StdMutex::new(ledger::StepLedger::default()),
+            ledger_changed: tokio::sync::Notify::new(),
             next_handle: std::sync::atomic::AtomicU64::new(1),
             stall_countdown: Arc::new(std::sync::atomic::AtomicI64::new(-1)),
         });
@@ -256,7 +262,7 @@ impl<E: Env> FileSystem<E> {
         };
         namespace.next_inode = superblock.next_free_inode;
         namespace.reserved_end = superblock.next_free_inode;
-        report.intent_redone = file_system.redo_stored_intent().await?;
+        report.intent_redone = file_system.redo_stored_intents().await?;
         drop(namespace);
         report.orphans_removed = file_system.remove_orphans().await?;
         Ok((file_system, report))
@@ -376,13 +382,11 @@ impl<E: Env> FileSystem<E> {
             return Ok((cached.inode.clone(), cached.state.clone()));
         }
         let key = keys::inode(ino);
-        let bytes = self
-            .shared
-            .client
-            .get(&key)
-            .await
-            .map_err(io_error)?
-            .ok_or(Errno::ENOENT)?;
+        let bytes = match self.pending_value(&key) {
+            Some(pending) => pending,
+            None => self.shared.client.get(&key).await.map_err(io_error)?,
+        }
+        .ok_or(Errno::ENOENT)?;
         let inode: Inode = decode(&key, &bytes)?;
         assert_eq!(inode.ino, ino, "inode record holds another inode");
         let mut inodes = self.shared.inodes.lock().unwrap();
@@ -466,10 +470,19 @@ impl<E: Env> FileSystem<E> {
                 first_error.get_or_insert(error);
             }
         }
-        let namespace = self.shared.namespace.lock().await;
-        if namespace.pending_intent.is_none() {
-            if let Err(error) = self.shared.client.delete(keys::INTENT).await {
-                first_error.get_or_insert(io_error(error));
+        let _namespace = self.shared.namespace.lock().await;
+        match self.settle(b"").await {
+            // Every step is applied: the intents are history.
+            Ok(()) if self.shared.ledger.lock().unwrap().is_empty() => {
+                for slot in keys::INTENT_SLOTS {
+                    if let Err(error) = self.shared.client.delete(slot).await {
+                        first_error.get_or_insert(io_error(error));
+                    }
+                }
+            }
+            Ok(()) => {}
+            Err(error) => {
+                first_error.get_or_insert(error);
             }
         }
         match first_error {

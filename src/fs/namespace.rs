@@ -61,7 +61,11 @@ impl<E: Env> FileSystem<E> {
             return Ok(known);
         }
         let key = keys::directory_entry(directory, name);
-        let entry = match self.shared.client.get(&key).await.map_err(io_error)? {
+        let stored = match self.pending_value(&key) {
+            Some(pending) => pending,
+            None => self.shared.client.get(&key).await.map_err(io_error)?,
+        };
+        let entry = match stored {
             Some(bytes) => Some(decode(&key, &bytes)?),
             None => None,
         };
@@ -570,6 +574,10 @@ impl<E: Env> FileSystem<E> {
     ) -> Result<(Vec<(Vec<u8>, DirectoryEntry)>, Option<Vec<u8>>), Errno> {
         self.directory(ino).await?;
         let prefix = keys::directory_prefix(ino);
+        // The servers' listing must include entries whose steps are still on their way.
+        if self.shared.ledger.lock().unwrap().touches_prefix(&prefix) {
+            self.settle(&prefix).await?;
+        }
         let start_key = start_after.map(|name| keys::directory_entry(ino, name));
         let page = self
             .shared
@@ -623,7 +631,7 @@ impl<E: Env> FileSystem<E> {
         ino: InodeNumber,
         changes: AttributeChanges,
     ) -> Result<Inode, Errno> {
-        let mut namespace = self.shared.namespace.lock().await;
+        let _namespace = self.shared.namespace.lock().await;
         let (_, state) = self.cached(ino).await?;
         let mut state = state.lock_owned().await;
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
@@ -660,20 +668,14 @@ impl<E: Env> FileSystem<E> {
             self.set_cached_inode(inode);
             return self.truncate_locked(ino, &mut state, size).await;
         }
-        self.store_metadata(&mut namespace, &inode, &state).await?;
+        self.store_metadata(&inode, &state).await?;
         Ok(inode)
     }
 
     /// Store an inode's metadata without waiting for its buffered data: the stored size and
     /// extent stay those of the data already stored, so the stored inode never claims bytes that
     /// are only in memory. The buffered rest follows with the file's next flush.
-    async fn store_metadata(
-        &self,
-        namespace: &mut super::NamespaceState,
-        inode: &Inode,
-        state: &super::FileState,
-    ) -> Result<(), Errno> {
-        self.finish_pending_intent(namespace).await?;
+    async fn store_metadata(&self, inode: &Inode, state: &super::FileState) -> Result<(), Errno> {
         let mut stored = inode.clone();
         if inode.kind == FileKind::Regular {
             stored.size = state.stored_size;
@@ -756,13 +758,13 @@ impl<E: Env> FileSystem<E> {
         ino: InodeNumber,
         change: impl FnOnce(&mut BTreeMap<Vec<u8>, serde_bytes::ByteBuf>) -> Result<(), Errno>,
     ) -> Result<(), Errno> {
-        let mut namespace = self.shared.namespace.lock().await;
+        let _namespace = self.shared.namespace.lock().await;
         let (_, state) = self.cached(ino).await?;
         let state = state.lock_owned().await;
         let mut inode = self.current_inode(ino).ok_or(Errno::ENOENT)?;
         change(&mut inode.xattrs)?;
         inode.ctime = self.now();
-        self.store_metadata(&mut namespace, &inode, &state).await
+        self.store_metadata(&inode, &state).await
     }
 
     /// Open handles on an inode.
@@ -777,11 +779,7 @@ impl<E: Env> FileSystem<E> {
 
     /// Store an inode as is (for callers that hold its lock and changed nothing else).
     pub(super) async fn store_inode(&self, inode: &Inode) -> Result<(), Errno> {
-        self.shared
-            .client
-            .put(&keys::inode(inode.ino), &encode(inode))
+        self.write_directly(vec![(keys::inode(inode.ino), Some(encode(inode)))])
             .await
-            .map_err(io_error)?;
-        Ok(())
     }
 }

@@ -15,7 +15,7 @@ pub const ROOT_INODE: InodeNumber = 1;
 pub const CHUNK_BYTES: u64 = 128 * 1024;
 
 /// Files at most this long keep their bytes in the inode record: one record per small file.
-pub const INLINE_LIMIT_BYTES: u64 = 2048;
+pub const INLINE_LIMIT_BYTES: u64 = 16 * 1024;
 
 /// The longest name a directory entry may have (Linux NAME_MAX).
 pub const NAME_MAX_BYTES: usize = 255;
@@ -163,7 +163,10 @@ pub mod keys {
     use super::InodeNumber;
 
     pub const SUPERBLOCK: &[u8] = b"fs/superblock";
-    pub const INTENT: &[u8] = b"fs/intent";
+    /// Intent slots: an operation stores its intent in a slot no unapplied step refers to, so
+    /// one operation's steps are applied while the next one's intent is stored. The first is
+    /// the single slot of earlier versions.
+    pub const INTENT_SLOTS: [&[u8]; 2] = [b"fs/intent", b"fs/intent.1"];
     pub const ORPHAN_PREFIX: &[u8] = b"fs/orphans#";
 
     pub fn inode(ino: InodeNumber) -> Vec<u8> {
